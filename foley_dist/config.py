@@ -1,0 +1,102 @@
+"""Run configuration: dataclasses registered in hydra's ConfigStore, composed from conf/ + overrides.
+
+The dataclasses are the schema (types, defaults, unknown keys rejected); the yaml files under conf/
+are the config groups a user picks from (`model=tiny`, `layout=replicated`, `hardware=cpu`).
+`key=value` overrides follow hydra's grammar.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Optional
+
+from hydra import compose, initialize_config_dir
+from hydra.core.config_store import ConfigStore
+from hydra.errors import HydraException
+from omegaconf import MISSING, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
+
+from foley_dist.errors import FoleyError
+
+
+@dataclass
+class ModelConfig:
+    """Which model runs. `tiny` is random-initialised from `init_seed`; hunyuan_* load from `path`."""
+
+    name: str = "tiny"
+    path: Optional[str] = None
+    init_seed: int = 0
+    steps: int = 50
+    guidance_scale: float = 4.5
+    negative_prompt: str = "noisy, harsh"
+
+
+@dataclass
+class LayoutConfig:
+    """One entry per rank; `a+b` co-locates stages, `stage xK` replicates over K ranks."""
+
+    ranks: list[str] = field(default_factory=lambda: ["vision", "fusion", "diffusion"])
+
+
+@dataclass
+class HardwareConfig:
+    device: str = "auto"  # auto | cpu | cuda
+    precision: str = "auto"  # auto (bf16 DiT on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
+    timeout_s: float = 60.0  # a peer silent for this long is treated as dead
+    max_inflight: int = 2  # sends outstanding per rank before it waits (back-pressure)
+    threads: int = 0  # torch intra-op threads per rank; 0 = torch's default
+
+
+@dataclass
+class GenerateConfig:
+    video: str = MISSING
+    prompt: str = ""
+    output: str = "out/foley.wav"
+    seed: int = 0
+    segment_seconds: float = 5.0
+    overlap_seconds: float = 1.0
+    decoder: str = "pyav"  # pyav | decord
+    report: Optional[str] = None  # default: OUTPUT with .json suffix
+    trace: Optional[str] = None  # Chrome/Perfetto trace path
+    progress: bool = True
+    model: ModelConfig = field(default_factory=ModelConfig)
+    layout: LayoutConfig = field(default_factory=LayoutConfig)
+    hardware: HardwareConfig = field(default_factory=HardwareConfig)
+
+
+def _register() -> None:
+    cs = ConfigStore.instance()
+    cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(group="model", name="model_schema", node=ModelConfig)
+    cs.store(group="layout", name="layout_schema", node=LayoutConfig)
+    cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
+
+
+_register()
+
+
+def conf_dir() -> Path:
+    """conf/ beside the package (editable install or source checkout), or $FOLEY_DIST_CONF."""
+    path = Path(os.environ.get("FOLEY_DIST_CONF", Path(__file__).resolve().parents[1] / "conf"))
+    if not (path / "generate.yaml").is_file():
+        raise FoleyError(f"config folder {path} not found: install foley_dist from its source tree (pip install -e .) or set FOLEY_DIST_CONF")
+    return path
+
+
+def load(name: str, overrides: list[str], schema: type = GenerateConfig) -> Any:
+    """Compose conf/<name>.yaml with `key=value` overrides into a validated dataclass instance."""
+    try:
+        with initialize_config_dir(version_base=None, config_dir=str(conf_dir())):
+            cfg = compose(config_name=name, overrides=overrides)
+        return OmegaConf.to_object(cfg) if schema is not None else cfg
+    except (HydraException, OmegaConfBaseException, ValueError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        if "missing mandatory value" in first.lower():
+            key = first.rsplit(":", 1)[-1].strip()
+            raise FoleyError(f"missing required setting '{key}': pass it as {key}=... (e.g. video=clip.mp4)") from None
+        if first.startswith("Could not override"):
+            key = first.split("'")[1]
+            raise FoleyError(f"unknown setting '{key}': see README.md for the settings (hydra: {first})") from None
+        raise FoleyError(f"bad configuration: {first} (see README.md for the settings)") from None

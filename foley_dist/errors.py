@@ -1,0 +1,9 @@
+"""User-facing errors: one line naming the problem and the fix, exit code 2."""
+
+from __future__ import annotations
+
+
+class FoleyError(Exception):
+    """A problem with the user's input or configuration (not a bug): printed as one line, exit 2."""
+
+    exit_code = 2

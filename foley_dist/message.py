@@ -1,0 +1,32 @@
+"""The unit of work that flows between pipeline stages.
+
+Stages map one `Message` to the next; the transport serialises it as a header plus payloads. Keeping
+it a plain dataclass (no torch.distributed import) lets stages and the single-process reference path
+use it without a process group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+END_OF_STREAM = -1
+
+
+@dataclass
+class Message:
+    """Tensors of one segment plus small JSON-serialisable metadata."""
+
+    segment: int
+    tensors: dict[str, torch.Tensor] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def is_end(self) -> bool:
+        return self.segment == END_OF_STREAM
+
+    @staticmethod
+    def end() -> "Message":
+        return Message(segment=END_OF_STREAM)

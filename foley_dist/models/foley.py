@@ -1,0 +1,115 @@
+"""The model as the stages see it: which parts exist, their configs, and how each rank builds only
+the parts its stages need (random-initialised for `tiny`, loaded from local files for hunyuan_*).
+
+Official release layout expected under model.path (see README.md):
+    hunyuanvideo_foley.pth|.safetensors   DiT
+    vae_128d_48k.pth|.safetensors         audio VAE (decoder used)
+    synchformer_state_dict.pth|.safetensors
+    siglip2/                              local HF folder of google/siglip2-base-patch16-512
+    clap/                                 local HF folder of laion/larger_clap_general
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from foley_dist.config import ModelConfig
+from foley_dist.errors import FoleyError
+from foley_dist.models.checkpoint import load_into, load_state_dict
+from foley_dist.models.clap import TextEncoder, TextEncoderConfig
+from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
+from foley_dist.models.hunyuan_dit import HunyuanDiT, HunyuanDiTConfig
+from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
+from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig
+
+PARTS = ("visual", "sync", "text", "dit", "vae")
+_STAGE_PARTS = {"vision": ("visual", "sync"), "fusion": ("text", "dit"), "diffusion": ("dit", "vae")}
+
+
+def stage_parts(stages: tuple[str, ...]) -> tuple[str, ...]:
+    """The model parts a rank hosting `stages` must build, each once."""
+    return tuple(dict.fromkeys(p for s in stages for p in _STAGE_PARTS[s]))
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """Architecture and rates of one model family member; no weights."""
+
+    name: str
+    visual: VisualEncoderConfig
+    sync: SyncEncoderConfig
+    text: TextEncoderConfig
+    dit: HunyuanDiTConfig
+    vae: DacDecoderConfig
+    visual_fps: float = 8.0
+    sync_fps: float = 25.0
+    latent_rate: int = 50
+
+    @property
+    def sample_rate(self) -> int:
+        return self.vae.sample_rate
+
+    @classmethod
+    def named(cls, name: str) -> "ModelSpec":
+        if name == "tiny":
+            return cls("tiny", VisualEncoderConfig.tiny(), SyncEncoderConfig.tiny(), TextEncoderConfig.tiny(),
+                       HunyuanDiTConfig.tiny(), DacDecoderConfig.tiny())
+        if name in ("hunyuan_xl", "hunyuan_xxl"):
+            dit = HunyuanDiTConfig.xl() if name == "hunyuan_xl" else HunyuanDiTConfig.xxl()
+            return cls(name, VisualEncoderConfig.real(), SyncEncoderConfig.real(), TextEncoderConfig.real(),
+                       dit, DacDecoderConfig.real())
+        raise FoleyError(f"unknown model {name!r}; use model=tiny, model=hunyuan_xl or model=hunyuan_xxl")
+
+
+def _tiny_part(spec: ModelSpec, part: str, seed: int) -> nn.Module:
+    """Random init seeded per part, so every rank that builds a part gets the same weights."""
+    torch.manual_seed(seed * len(PARTS) + PARTS.index(part))
+    return {
+        "visual": lambda: VisualEncoder.from_config(spec.visual),
+        "sync": lambda: SyncEncoder(spec.sync),
+        "text": lambda: TextEncoder.from_config(spec.text, fixed_length=False),
+        "dit": lambda: HunyuanDiT(spec.dit),
+        "vae": lambda: AudioDecoder(spec.vae),
+    }[part]()
+
+
+def find_weights(root: Path, stem: str) -> Path:
+    """`stem`.safetensors (preferred, see scripts/convert_checkpoint.py) or `stem`.pth under the release folder."""
+    for suffix in (".safetensors", ".pth"):
+        if (root / f"{stem}{suffix}").is_file():
+            return root / f"{stem}{suffix}"
+    raise FoleyError(f"{root} has no {stem}.safetensors or {stem}.pth; model.path must hold the official release (see README.md)")
+
+
+def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device) -> nn.Module:
+    if part == "visual":
+        return VisualEncoder.from_pretrained_dir(root / "siglip2")
+    if part == "text":
+        return TextEncoder.from_pretrained_dir(root / "clap", fixed_length=False)
+    if part == "sync":
+        return SyncEncoder.load_official(find_weights(root, "synchformer_state_dict"), spec.sync)
+    if part == "vae":
+        return AudioDecoder.from_official(find_weights(root, "vae_128d_48k"))
+    with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
+        dit = HunyuanDiT(spec.dit)
+    load_into(dit, load_state_dict(find_weights(root, "hunyuanvideo_foley"), device=device), what="HunyuanVideo-Foley DiT")
+    return dit
+
+
+def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device) -> dict[str, nn.Module]:
+    """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`."""
+    if spec.name != "tiny":
+        if not cfg.path:
+            raise FoleyError(f"model={spec.name} needs model.path=DIR pointing at the downloaded release (see README.md)")
+        root = Path(cfg.path)
+        if not root.is_dir():
+            raise FoleyError(f"model.path={root} is not a directory; point it at the downloaded release (see README.md)")
+    out = {}
+    for part in parts:
+        module = _tiny_part(spec, part, cfg.init_seed) if spec.name == "tiny" else _official_part(spec, part, root, device)
+        out[part] = module.to(device).eval().requires_grad_(False)
+    return out

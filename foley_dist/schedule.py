@@ -1,0 +1,153 @@
+"""Rank/stage topology and the static schedule every rank executes.
+
+A layout is data: one entry per rank naming the stages it hosts (`vision+fusion`), with `x k` to
+replicate an entry over k ranks (`diffusion x3`). Consecutive ranks hosting the same stages form a
+replica group; segment n is handled by replica n % k of each group, so every rank can derive the
+whole schedule — who sends what to whom, in which order — without talking to the others. The sink
+(stitching and writing) lives on the last rank. Everything here is plain data, testable without a
+process group, and printable as a rank-by-step grid.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Sequence
+
+from foley_dist.errors import FoleyError
+
+STAGES = ("vision", "fusion", "diffusion")
+_ENTRY = re.compile(r"([a-z]+(?:\+[a-z]+)*)(?:x(\d+))?")
+
+
+@dataclass(frozen=True)
+class Group:
+    """A set of consecutive pipeline stages and the ranks (replicas) that run them."""
+
+    stages: tuple[str, ...]
+    ranks: tuple[int, ...]
+
+    def owner(self, item: int) -> int:
+        return self.ranks[item % len(self.ranks)]
+
+
+@dataclass(frozen=True)
+class Topology:
+    groups: tuple[Group, ...]
+    world_size: int
+
+    @classmethod
+    def parse(cls, layout: Sequence[str], world_size: int) -> "Topology":
+        """Validate `layout` against the pipeline's stage order and WORLD_SIZE."""
+        entries: list[tuple[str, ...]] = []
+        for raw in layout:
+            match = _ENTRY.fullmatch(str(raw).replace(" ", ""))
+            stages = tuple(match.group(1).split("+")) if match else ()
+            unknown = [s for s in stages if s not in STAGES]
+            if not match or unknown:
+                raise FoleyError(
+                    f"layout entry {raw!r} is not 'stage[+stage...][ xK]' with stages {', '.join(STAGES)}, e.g. 'diffusion x3'"
+                )
+            times = match.group(2)
+            if times is not None and int(times) < 1:
+                raise FoleyError(f"layout entry {raw!r}: replica count after 'x' must be a positive integer")
+            entries += [stages] * int(times or 1)
+        flat = [s for e in _dedupe_consecutive(entries) for s in e]
+        if flat != list(STAGES):
+            raise FoleyError(
+                f"layout {list(layout)} must cover each stage exactly once, in the order {' -> '.join(STAGES)} "
+                "(replicas of one entry must be adjacent), e.g. [vision,fusion,diffusion] or [vision+fusion,'diffusion x3']"
+            )
+        if len(entries) != world_size:
+            raise FoleyError(
+                f"layout {list(layout)} needs {len(entries)} rank(s) but WORLD_SIZE is {world_size}; "
+                f"run torchrun --nproc_per_node={len(entries)} or change layout="
+            )
+        groups, rank = [], 0
+        for stages in _dedupe_consecutive(entries):
+            k = 0
+            while rank + k < len(entries) and entries[rank + k] == stages:
+                k += 1
+            groups.append(Group(stages, tuple(range(rank, rank + k))))
+            rank += k
+        return cls(tuple(groups), world_size)
+
+    @property
+    def sink(self) -> int:
+        return self.world_size - 1
+
+    def stages_of(self, rank: int) -> tuple[str, ...]:
+        return next(g.stages for g in self.groups if rank in g.ranks)
+
+    def describe(self) -> str:
+        return ", ".join(f"{'+'.join(g.stages)} on rank{'s' if len(g.ranks) > 1 else ''} {','.join(map(str, g.ranks))}"
+                         for g in self.groups)
+
+
+def _dedupe_consecutive(entries: list[tuple[str, ...]]) -> list[tuple[str, ...]]:
+    return [e for i, e in enumerate(entries) if i == 0 or entries[i - 1] != e]
+
+
+@dataclass(frozen=True)
+class Action:
+    """One step of a rank's program. kind: recv | compute | send | collect (sink takes a result)."""
+
+    kind: str
+    item: int
+    peer: int | None = None
+
+    def __str__(self) -> str:
+        sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+"}[self.kind]
+        return f"{sym}{self.item}" + (f"@{self.peer}" if self.peer is not None else "")
+
+
+def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
+    """Each rank's ordered actions for `num_items` work items (segments), end-of-stream excluded.
+
+    Group g's owner of item n receives it from group g-1's owner, computes its stages, and sends
+    the result to group g+1's owner; the last group's owner hands the result to the sink. Every rank
+    walks the items in increasing order, which is what makes the schedule deadlock-free: each wait
+    is for an item that every upstream rank handles no later than this one.
+    """
+    prog: dict[int, list[Action]] = {r: [] for r in range(topo.world_size)}
+    last = len(topo.groups) - 1
+    for n in range(num_items):
+        for g, group in enumerate(topo.groups):
+            me = group.owner(n)
+            if g > 0:
+                prog[me].append(Action("recv", n, topo.groups[g - 1].owner(n)))
+            prog[me].append(Action("compute", n))
+            if g < last:
+                prog[me].append(Action("send", n, topo.groups[g + 1].owner(n)))
+            elif me != topo.sink:
+                prog[me].append(Action("send", n, topo.sink))
+        if topo.groups[last].owner(n) != topo.sink:
+            prog[topo.sink].append(Action("recv", n, topo.groups[last].owner(n)))
+        prog[topo.sink].append(Action("collect", n))
+    return prog
+
+
+def peers(topo: Topology, rank: int) -> tuple[list[int], list[int]]:
+    """(upstream ranks this rank receives from, downstream ranks it sends to) — for end-of-stream."""
+    up, down = set(), set()
+    for g, group in enumerate(topo.groups):
+        if rank not in group.ranks:
+            continue
+        if g > 0:
+            up |= set(topo.groups[g - 1].ranks)
+        if g < len(topo.groups) - 1:
+            down |= set(topo.groups[g + 1].ranks)
+        elif rank != topo.sink:
+            down.add(topo.sink)
+        if g == len(topo.groups) - 1 and rank == topo.sink:
+            up |= {r for r in group.ranks if r != rank}
+    return sorted(up), sorted(down)
+
+
+def format_grid(prog: dict[int, list[Action]]) -> str:
+    """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect."""
+    width = max((len(str(a)) for acts in prog.values() for a in acts), default=2) + 1
+    lines = []
+    for rank, acts in sorted(prog.items()):
+        lines.append(f"rank {rank}: " + "".join(str(a).ljust(width) for a in acts))
+    return "\n".join(lines)

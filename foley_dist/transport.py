@@ -1,0 +1,200 @@
+"""Point-to-point messages over torch.distributed: a fixed-size header, then one packed payload.
+
+The header (segment id, metadata, tensor names, dtypes and shapes as JSON) lets a receiver allocate
+exactly what arrives without guessing shapes. All tensors of a message travel as one byte buffer,
+so any dtype (bool, bf16, ...) crosses any backend and a message costs two transfers. Sends are
+non-blocking with a bounded number in flight (back-pressure); receives wait at most `timeout_s`, so
+a dead peer becomes an error instead of a hang. This module never imports a model.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections import deque
+from dataclasses import dataclass
+from datetime import timedelta
+
+import torch
+import torch.distributed as dist
+
+from foley_dist.message import Message
+
+HEADER_BYTES = 8192
+_MAGIC = b"FDM1"
+_DTYPES = {str(d): d for d in (
+    torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
+    torch.int16, torch.int8, torch.uint8, torch.bool,
+)}
+
+
+class PeerTimeout(RuntimeError):
+    """A peer did not deliver within the timeout: it is dead, stuck or out of step."""
+
+
+@dataclass(frozen=True)
+class Env:
+    """Where this process runs: rank, world size, device and the matching backend."""
+
+    rank: int
+    world_size: int
+    local_rank: int
+    device: torch.device
+    backend: str
+
+
+def detect_env(device: str = "auto") -> Env:
+    """Read torchrun's variables; pick cuda:LOCAL_RANK + nccl when CUDA is present, else cpu + gloo."""
+    rank = int(os.environ.get("RANK", 0))
+    world = int(os.environ.get("WORLD_SIZE", 1))
+    local = int(os.environ.get("LOCAL_RANK", 0))
+    use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
+    dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
+    return Env(rank, world, local, dev, "nccl" if use_cuda else "gloo")
+
+
+def init(env: Env, timeout_s: float) -> None:
+    """Join the process group (torchrun's env:// rendezvous); no-op for a single process."""
+    if env.world_size == 1 or dist.is_initialized():
+        return
+    if env.device.type == "cuda":
+        torch.cuda.set_device(env.device)
+    dist.init_process_group(env.backend, timeout=timedelta(seconds=timeout_s), device_id=env.device if env.device.type == "cuda" else None)
+
+
+def shutdown() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def encode_header(msg: Message) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Header bytes (uint8, HEADER_BYTES) and the tensors in payload order."""
+    names = sorted(msg.tensors)
+    tensors = [msg.tensors[n] for n in names]
+    spec = {
+        "segment": msg.segment,
+        "meta": msg.meta,
+        "tensors": [[n, str(t.dtype), list(t.shape)] for n, t in zip(names, tensors)],
+    }
+    body = json.dumps(spec, separators=(",", ":")).encode()
+    if len(body) > HEADER_BYTES - 8:
+        raise ValueError(f"message header is {len(body)} bytes, over the {HEADER_BYTES - 8} limit: keep meta small")
+    raw = _MAGIC + len(body).to_bytes(4, "little") + body
+    header = torch.zeros(HEADER_BYTES, dtype=torch.uint8)
+    header[: len(raw)] = torch.frombuffer(bytearray(raw), dtype=torch.uint8)
+    return header, tensors
+
+
+def decode_header(header: torch.Tensor) -> dict:
+    raw = bytes(header.cpu().numpy().tobytes())
+    if raw[:4] != _MAGIC:
+        raise RuntimeError("received bytes that are not a foley_dist message header: ranks are out of step")
+    size = int.from_bytes(raw[4:8], "little")
+    return json.loads(raw[8 : 8 + size])
+
+
+_ALIGN = 16  # every tensor starts at a multiple of this, so byte views can be re-viewed as any dtype
+
+
+def _layout(specs: list[tuple[torch.dtype, list[int]]]) -> tuple[list[tuple[int, int]], int]:
+    """(offset, nbytes) of each tensor inside the packed buffer, and the buffer's size."""
+    spans, offset = [], 0
+    for dtype, shape in specs:
+        nbytes = math.prod(shape) * torch.empty((), dtype=dtype).element_size()
+        spans.append((offset, nbytes))
+        offset += -(-nbytes // _ALIGN) * _ALIGN
+    return spans, offset
+
+
+def pack(tensors: list[torch.Tensor], device: torch.device) -> torch.Tensor:
+    """All tensors as one flat byte buffer on `device` (byte views, so every dtype travels)."""
+    spans, total = _layout([(t.dtype, list(t.shape)) for t in tensors])
+    buf = torch.zeros(total, dtype=torch.uint8, device=device)
+    for t, (offset, nbytes) in zip(tensors, spans):
+        buf[offset : offset + nbytes] = t.detach().to(device).contiguous().reshape(-1).view(torch.uint8)
+    return buf
+
+
+def _specs(spec: dict) -> list[tuple[torch.dtype, list[int]]]:
+    return [(_DTYPES[d], shape) for _, d, shape in spec["tensors"]]
+
+
+def payload_bytes(spec: dict) -> int:
+    return _layout(_specs(spec))[1]
+
+
+def unpack(spec: dict, payload: torch.Tensor) -> dict[str, torch.Tensor]:
+    spans, _ = _layout(_specs(spec))
+    return {
+        name: payload[offset : offset + nbytes].view(dtype).reshape(shape)
+        for (name, _, shape), (dtype, _), (offset, nbytes) in zip(spec["tensors"], _specs(spec), spans)
+    }
+
+
+class Transport:
+    """Sends and receives `Message`s between ranks; the only place that calls torch.distributed p2p."""
+
+    def __init__(self, device: torch.device, timeout_s: float, max_inflight: int = 2):
+        self.device = device
+        self.timeout = timedelta(seconds=timeout_s)
+        self.max_inflight = max_inflight
+        self._inflight: deque[tuple[int, list]] = deque()  # (dst, [works + buffers kept alive])
+
+    def send(self, msg: Message, dst: int) -> None:
+        """Post the message without waiting for it, unless `max_inflight` sends are outstanding."""
+        header, tensors = encode_header(msg)
+        header = header.to(self.device)
+        payload = pack(tensors, self.device)
+        works = [dist.isend(header, dst)]
+        if payload.numel():
+            works.append(dist.isend(payload, dst))
+        self._inflight.append((dst, [works, header, payload]))
+        while len(self._inflight) > self.max_inflight:
+            self._wait_oldest()
+
+    def recv(self, src: int) -> Message:
+        header = torch.empty(HEADER_BYTES, dtype=torch.uint8, device=self.device)
+        self._wait(dist.irecv(header, src), src, "header")
+        spec = decode_header(header)
+        payload = torch.empty(payload_bytes(spec), dtype=torch.uint8, device=self.device)
+        if payload.numel():
+            self._wait(dist.irecv(payload, src), src, f"payload of segment {spec['segment']}")
+        return Message(spec["segment"], unpack(spec, payload), spec["meta"])
+
+    def flush(self) -> None:
+        """Wait until every posted send has been delivered."""
+        while self._inflight:
+            self._wait_oldest()
+
+    @property
+    def inflight(self) -> int:
+        return len(self._inflight)
+
+    def _wait_oldest(self) -> None:
+        dst, (works, *_buffers) = self._inflight.popleft()
+        for w in works:
+            self._wait(w, dst, "send")
+
+    def _wait(self, work, peer: int, what: str) -> None:
+        try:
+            ok = work.wait(self.timeout)
+        except RuntimeError as e:
+            if "timed out" in str(e).lower():
+                ok = False
+            else:
+                raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
+        if ok is False:
+            raise PeerTimeout(
+                f"rank {peer} delivered nothing for {self.timeout.total_seconds():g} s ({what}); it is dead or stuck "
+                "(raise hardware.timeout_s if a stage legitimately takes longer)"
+            )
+
+
+def gather_objects(obj, dst: int, world_size: int) -> list | None:
+    """Collect one picklable object per rank on `dst` (run reports); None elsewhere."""
+    if world_size == 1:
+        return [obj]
+    out = [None] * world_size if dist.get_rank() == dst else None
+    dist.gather_object(obj, out, dst=dst)
+    return out

@@ -1,0 +1,326 @@
+"""Probe a video and decode one segment's frames at the resolution an encoder needs.
+
+Frames are scaled by FFmpeg's swscale straight from the decoder's YUV planes to the target size, so a
+4K frame never exists as a full-size RGB array (DESIGN.md invariant 3), and only the frames a segment
+asks for are converted. Both decoders pick frames with the same rule (`select_frames`):
+
+    for a requested time t (seconds from the first frame), take the last frame whose presentation
+    time is <= t + 1 ms, i.e. the frame on screen at t. Times before the first frame give the first
+    frame; times past the end repeat the last frame.
+
+Display rotation (phone videos store portrait as landscape pixels plus a 90/180/270 degree display
+matrix) is applied, so `size` and the output are in display orientation.
+"""
+
+from __future__ import annotations
+
+import bisect
+import logging
+import os
+import stat
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Callable, Iterator, Literal, Sequence
+
+import av
+import numpy as np
+import torch
+
+from foley_dist.errors import FoleyError
+from foley_dist.segments import Segment
+
+Mode = Literal["resize", "center_crop"]
+Decoder = Literal["pyav", "decord"]
+
+DEFAULT_DECODER: Decoder = "pyav"
+TIME_TOLERANCE = 1e-3  # s: absorbs timestamp rounding (decord reports float32 times)
+_OPEN_TIMEOUT = 10.0  # s: av.open on a stalled or hostile input fails instead of hanging
+_INTERPOLATION = "BILINEAR"  # what decord's scaler uses: the two decoders agree to ~0.2/255 on average
+PYAV_THREAD_TYPE = "AUTO"  # frame + slice threads; scripts/bench_decode.py compares the settings
+_NOT_VIDEO_FORMATS = {"tty": "a text file"}  # FFmpeg "decodes" .txt files as ANSI art
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    """What the planner needs to know about the input; width/height are display size (after rotation)."""
+
+    path: str
+    duration: float
+    fps: float
+    width: int
+    height: int
+    rotation: int  # degrees counter-clockwise applied for display: 0, 90, 180 or 270
+    num_frames: int  # from the container header when present, else duration * fps
+    has_audio: bool
+    codec: str
+
+
+def _check_file(path: str | os.PathLike) -> str:
+    """Reject what FFmpeg would misreport (or block on, for pipes and devices) before opening it."""
+    p = Path(path)
+    if not p.exists():
+        raise FoleyError(f"video file not found: {p}; check the path")
+    if p.is_dir():
+        raise FoleyError(f"{p} is a directory, not a video file; pass the path of a video file")
+    mode = p.stat().st_mode
+    if not stat.S_ISREG(mode):
+        raise FoleyError(f"{p} is not a regular file (pipe, socket or device); pass a video file on disk")
+    if p.stat().st_size == 0:
+        raise FoleyError(f"{p} is empty (0 bytes); re-export or re-download the video")
+    return str(p)
+
+
+def _open(path: str) -> av.container.InputContainer:
+    try:
+        container = av.open(path, timeout=(_OPEN_TIMEOUT, None))
+    except av.FFmpegError as e:
+        reason = getattr(e, "strerror", None) or type(e).__name__
+        raise FoleyError(
+            f"cannot read {path} as a video ({reason}): the file is corrupt, truncated or not a media file; "
+            "re-encode it (e.g. to H.264 MP4) or pass another file"
+        ) from None
+    except OSError as e:
+        raise FoleyError(f"cannot open {path}: {e.strerror or e}; check that the file is readable") from None
+    kind = _NOT_VIDEO_FORMATS.get(container.format.name)
+    if kind is None and (container.format.name == "image2" or container.format.name.endswith("_pipe")):
+        kind = "a still image"
+    if kind is not None:
+        container.close()
+        raise FoleyError(f"{path} is {kind}, not a video (detected format '{container.format.name}'); pass a video file")
+    return container
+
+
+def _video_stream(container: av.container.InputContainer, path: str) -> av.video.stream.VideoStream:
+    if container.streams.video:
+        return container.streams.video[0]
+    if container.streams.audio:
+        codecs = ", ".join(s.codec_context.name for s in container.streams.audio)
+        raise FoleyError(f"{path} has no video stream (audio only: {codecs}); pass a video file, not an audio file")
+    raise FoleyError(f"{path} has no video stream (no streams at all); the file is truncated or empty, re-encode it")
+
+
+def _first_frame(container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str) -> av.VideoFrame:
+    """Decode one frame: the cheapest proof that the stream is decodable, and the source of its rotation."""
+    try:
+        frame = next(container.decode(stream), None)
+    except av.FFmpegError as e:
+        raise FoleyError(f"{path}: the video stream cannot be decoded ({e.strerror}); the file is corrupt, re-encode it") from None
+    if frame is None:
+        raise FoleyError(f"{path}: the video stream has no frames; the file is empty or truncated, re-encode it")
+    return frame
+
+
+def _rotation(frame: av.VideoFrame) -> int:
+    """Display rotation rounded to a quarter turn, in [0, 360)."""
+    return int(round((frame.rotation or 0) / 90.0)) % 4 * 90
+
+
+def _duration(container: av.container.InputContainer, stream: av.video.stream.VideoStream) -> float:
+    if stream.duration:
+        return float(stream.duration * stream.time_base)
+    if container.duration:
+        return container.duration / av.time_base
+    return 0.0
+
+
+def probe(path: str | os.PathLike) -> VideoInfo:
+    """Read the header and the first frame; every unusable input becomes a one-line `FoleyError`."""
+    path = _check_file(path)
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        rotation = _rotation(_first_frame(container, stream, path))
+        duration = _duration(container, stream)
+        rate = stream.average_rate or stream.guessed_rate or stream.base_rate
+        fps = float(rate) if rate else (stream.frames / duration if stream.frames and duration else 0.0)
+        if not duration > 0 or not fps > 0:
+            raise FoleyError(
+                f"{path}: the video has no duration or frame rate in its header; remux or re-encode it (e.g. to H.264 MP4)"
+            )
+        width, height = stream.codec_context.width, stream.codec_context.height
+        if rotation in (90, 270):
+            width, height = height, width
+        return VideoInfo(
+            path=path,
+            duration=duration,
+            fps=fps,
+            width=width,
+            height=height,
+            rotation=rotation,
+            num_frames=stream.frames or round(duration * fps),
+            has_audio=bool(container.streams.audio),
+            codec=stream.codec_context.name,
+        )
+
+
+def sample_times(segment: Segment, fps: float) -> list[float]:
+    """The segment's frame times at `fps`: start + k / fps, for a fixed count round(seconds * fps)."""
+    return [segment.start + k / fps for k in range(round(segment.seconds * fps))]
+
+
+def select_frames(frame_times: Sequence[float], times: Sequence[float]) -> list[int]:
+    """The frame-selection rule (module docstring) over known, increasing frame times."""
+    last = len(frame_times) - 1
+    return [min(last, max(0, bisect.bisect_right(frame_times, t + TIME_TOLERANCE) - 1)) for t in times]
+
+
+def _scaled_size(width: int, height: int, size: tuple[int, int], mode: Mode) -> tuple[int, int]:
+    """(height, width) to scale the displayed frame to: the target itself for `resize`; for `center_crop`
+    the smallest aspect-preserving size covering the target, cropped afterwards."""
+    out_h, out_w = size
+    if mode == "resize":
+        return out_h, out_w
+    scale = max(out_h / height, out_w / width)
+    return max(out_h, round(height * scale)), max(out_w, round(width * scale))
+
+
+def _center_crop(frames: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    out_h, out_w = size
+    top, left = (frames.shape[-2] - out_h) // 2, (frames.shape[-1] - out_w) // 2
+    return frames[..., top : top + out_h, left : left + out_w]
+
+
+def _check_args(size: tuple[int, int], mode: str, decoder: str) -> None:
+    if mode not in ("resize", "center_crop"):
+        raise FoleyError(f"unknown frame mode {mode!r}; use 'resize' or 'center_crop'")
+    if decoder not in ("pyav", "decord"):
+        raise FoleyError(f"unknown video decoder {decoder!r}; use 'pyav' or 'decord'")
+    if len(size) != 2 or min(size) <= 0:
+        raise FoleyError(f"frame size {size} must be (height, width) with both > 0")
+
+
+def decode_segment(
+    path: str | os.PathLike,
+    times: Sequence[float],
+    size: tuple[int, int],
+    mode: Mode = "resize",
+    decoder: Decoder = DEFAULT_DECODER,
+    info: VideoInfo | None = None,
+) -> torch.Tensor:
+    """Frames at `times` (seconds, any order) as uint8 [T, 3, H, W] with (H, W) = `size`, in display
+    orientation. `resize` stretches the whole frame to `size` (SigLIP); `center_crop` scales the short
+    side to cover `size` and crops the centre (Synchformer). Only the frames from the keyframe before
+    the earliest time to the one after the latest time are decoded. `info` (from `probe`) saves the
+    decord path a probe; PyAV is used when decord is missing or cannot open the file."""
+    _check_args(size, mode, decoder)
+    path = _check_file(path)
+    if len(times) == 0:
+        return torch.empty(0, 3, *size, dtype=torch.uint8)
+    if decoder == "decord":
+        frames = _decode_decord(path, times, size, mode, info or probe(path))
+        if frames is not None:
+            return frames
+    return _decode_pyav(path, times, size, mode)
+
+
+# --- PyAV: seek once, decode forward, convert only the chosen frames --------------------------------
+
+
+def _to_tensor(frame: av.VideoFrame, size: tuple[int, int], mode: Mode) -> torch.Tensor:
+    """Scale a decoded frame to the target in one swscale call (no full-size RGB), then rotate and crop."""
+    k = _rotation(frame) // 90
+    width, height = (frame.height, frame.width) if k % 2 else (frame.width, frame.height)
+    out_h, out_w = _scaled_size(width, height, size, mode)
+    coded_h, coded_w = (out_w, out_h) if k % 2 else (out_h, out_w)
+    rgb = frame.reformat(width=coded_w, height=coded_h, format="rgb24", interpolation=_INTERPOLATION).to_ndarray()
+    image = torch.from_numpy(rgb).permute(2, 0, 1)
+    if k:
+        image = torch.rot90(image, k, dims=(1, 2))  # counter-clockwise, as the display matrix says
+    return _center_crop(image, size) if mode == "center_crop" else image
+
+
+def _timed(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    origin = stream.start_time or 0
+    for frame in container.decode(stream):
+        if frame.pts is not None:
+            yield float((frame.pts - origin) * stream.time_base), frame
+
+
+def _frames_from(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(seconds from the first frame, frame) in presentation order from the keyframe at or before
+    `start`; falls back to decoding from the beginning if the seek lands after `start`."""
+    if start > TIME_TOLERANCE:
+        target = (stream.start_time or 0) + int((start + TIME_TOLERANCE) / stream.time_base)
+        container.seek(target, stream=stream, backward=True)
+        frames = _timed(container, stream)
+        first = next(frames, None)
+        if first is not None and first[0] <= start + TIME_TOLERANCE:
+            yield first
+            yield from frames
+            return
+        container.seek(stream.start_time or 0, stream=stream, backward=True)
+    yield from _timed(container, stream)
+
+
+def _pick(
+    frames: Iterator[tuple[float, av.VideoFrame]],
+    times: Sequence[float],
+    convert: Callable[[av.VideoFrame], torch.Tensor],
+) -> list[torch.Tensor]:
+    """`select_frames` applied while streaming over increasing `times`: each source frame is converted
+    at most once and released when the next one arrives, so one decoded frame is held at a time."""
+    out: list[torch.Tensor] = []
+    held: av.VideoFrame | None = None
+    image: torch.Tensor | None = None
+    for t, frame in frames:
+        while len(out) < len(times) and times[len(out)] + TIME_TOLERANCE < t:
+            if held is None:  # times before the first frame get the first frame
+                held = frame
+            if image is None:
+                image = convert(held)
+            out.append(image)
+        if len(out) == len(times):
+            return out
+        if frame is not held:
+            held, image = frame, None
+    if held is not None:
+        image = image if image is not None else convert(held)
+        out += [image] * (len(times) - len(out))  # past the end: repeat the last frame
+    return out
+
+
+def _decode_pyav(path: str, times: Sequence[float], size: tuple[int, int], mode: Mode) -> torch.Tensor:
+    order = sorted(range(len(times)), key=lambda i: times[i])
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = PYAV_THREAD_TYPE
+        frames = _frames_from(container, stream, times[order[0]])
+        images = _pick(frames, [times[i] for i in order], lambda f: _to_tensor(f, size, mode))
+    if not images:
+        raise FoleyError(f"{path}: the video stream has no decodable frames; the file is corrupt, re-encode it")
+    out: list[torch.Tensor] = [images[0]] * len(times)
+    for rank, i in enumerate(order):
+        out[i] = images[rank]
+    return torch.stack(out)
+
+
+# --- decord: index the file, pick frame indices by timestamp, fetch them at the target size ---------
+
+
+def _decode_decord(
+    path: str, times: Sequence[float], size: tuple[int, int], mode: Mode, info: VideoInfo
+) -> torch.Tensor | None:
+    """None when decord is missing or cannot open the file (the caller falls back to PyAV). decord
+    rotates by the display matrix itself and takes the output size in display orientation."""
+    try:
+        import decord
+    except ImportError:
+        return None
+    out_h, out_w = _scaled_size(info.width, info.height, size, mode)
+    try:
+        reader = decord.VideoReader(path, width=out_w, height=out_h, num_threads=0)
+    except (decord.DECORDError, RuntimeError) as e:
+        log.warning("decord cannot open %s (%s); decoding with PyAV", path, str(e).splitlines()[0] if str(e) else e)
+        return None
+    starts = reader.get_frame_timestamp(range(len(reader)))[:, 0].astype(np.float64)
+    indices = select_frames((starts - starts[0]).tolist(), times)
+    unique = sorted(set(indices))
+    row = {index: k for k, index in enumerate(unique)}
+    batch = torch.from_numpy(reader.get_batch(unique).asnumpy()).permute(0, 3, 1, 2)
+    frames = batch[[row[i] for i in indices]]
+    return (_center_crop(frames, size) if mode == "center_crop" else frames).contiguous()

@@ -1,0 +1,62 @@
+#!/usr/bin/env python
+"""Convert a torch checkpoint (.pth/.pt) into safetensors, e.g. the official hunyuanvideo_foley.pth.
+
+usage: convert_checkpoint.py IN.pth OUT.safetensors
+The input is read with weights_only=True (a pickle holding anything but tensors is refused); a state
+dict nested under "state_dict"/"model"/... is unwrapped. The output appears atomically (temp + rename).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from safetensors.torch import save_file
+from torch import Tensor
+
+from foley_dist.errors import FoleyError
+from foley_dist.models.checkpoint import load_state_dict
+
+
+def savable(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Contiguous tensors, none sharing storage (safetensors stores each tensor separately)."""
+    seen: set[int] = set()
+    out = {}
+    for name, tensor in state.items():
+        tensor = tensor.detach().contiguous()
+        ptr = tensor.untyped_storage().data_ptr()
+        out[name] = tensor.clone() if ptr in seen else tensor
+        seen.add(ptr)
+    return out
+
+
+def convert(src: Path, dst: Path) -> int:
+    state = savable(load_state_dict(src))
+    tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
+    try:
+        save_file(state, tmp, metadata={"format": "pt", "source": src.name})
+        os.replace(tmp, dst)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return len(state)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("src", type=Path)
+    parser.add_argument("dst", type=Path)
+    args = parser.parse_args(argv)
+    if args.dst.suffix != ".safetensors":
+        raise FoleyError(f"output {args.dst} should end in .safetensors")
+    count = convert(args.src, args.dst)
+    print(f"wrote {count} tensors to {args.dst}")
+
+
+if __name__ == "__main__":
+    try:
+        main()
+    except FoleyError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(exc.exit_code)

@@ -1,0 +1,45 @@
+"""Shared fixtures: generated clips and a runner for the real CLI (single process or torchrun)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class Run:
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(args: list[str], nproc: int | None = None, timeout: float = 300, env: dict | None = None) -> Run:
+    """`python -m foley_dist ARGS`, or under torchrun with `nproc` ranks (real processes, gloo)."""
+    if nproc is None:
+        cmd = [sys.executable, "-m", "foley_dist", *args]
+    else:
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+               "-m", "foley_dist", *args]
+    full_env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1", **(env or {})}
+    p = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=timeout, env=full_env)
+    return Run(p.returncode, p.stdout, p.stderr)
+
+
+@pytest.fixture(scope="session")
+def media_dir(tmp_path_factory) -> Path:
+    return tmp_path_factory.mktemp("media")
+
+
+@pytest.fixture(scope="session")
+def clip12(media_dir) -> Path:
+    """12 s, small frame size: three 5 s segments with 1 s overlap (the last shifted back)."""
+    from foley_dist.testclip import make_clip
+
+    return make_clip(media_dir / "clip12.mp4", seconds=12, width=160, height=96, fps=24, seed=1)
