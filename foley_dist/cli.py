@@ -1,13 +1,20 @@
-"""`foley-dist` / `python -m foley_dist`: subcommand, then hydra-style key=value overrides.
+"""`foley-dist` / `python -m foley_dist`: a command, then hydra-style key=value overrides.
 
     foley-dist generate video=clip.mp4 prompt="rain on a tin roof" output=out/rain.wav
     torchrun --nproc_per_node=3 -m foley_dist generate video=clip.mp4 prompt="..."
+    torchrun --nproc_per_node=3 -m foley_dist batch manifest=jobs.jsonl output_root=out/batch
+
+Exit codes: 0 success; 2 bad input or configuration (one line on stderr); 3 a peer rank failed or
+timed out; 4 a batch finished but some items failed (see its results file); 143 SIGTERM (pre-emption:
+finished work is kept, re-run the same command to resume); 130 Ctrl-C.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import sys
+from pathlib import Path
 
 from foley_dist import config, transport
 from foley_dist.errors import FoleyError
@@ -15,14 +22,23 @@ from foley_dist.errors import FoleyError
 USAGE = """usage: foley-dist COMMAND [key=value ...]
 
 commands:
-  generate   video=PATH prompt=TEXT [output=out/foley.wav seed=0 segment_seconds=5 overlap_seconds=1
-             model=tiny|hunyuan_xl|hunyuan_xxl model.path=DIR layout=pipeline|single|replicated
-             layout.ranks=[...] hardware=auto|cpu|gpu trace=PATH ...]
-Run under torchrun for one rank per stage; without it every stage runs in this process."""
+  generate  video=PATH prompt=TEXT [output=out/foley.wav seed=0 segment_seconds=5 overlap_seconds=1 mux=false
+            model=tiny|hunyuan_xl|hunyuan_xxl model.path=DIR model.steps=50 layout=pipeline|single|replicated
+            layout.ranks=[...] hardware=auto|cpu|gpu trace=PATH ...]
+  batch     manifest=jobs.jsonl|jobs.csv [output_root=out/batch results=PATH ...same settings as generate]
+Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
 
 
-def _print_summary(report: dict, out: str, report_file: str) -> None:
-    lines = [f"wrote {out} and {report_file}  (wall {report['wall_s']:.2f} s, {report['world_size']} rank(s))",
+class Preempted(Exception):
+    """SIGTERM (Slurm pre-emption, torchrun shutdown): stop now; finished segments are on disk."""
+
+
+def _on_sigterm(signum, frame) -> None:
+    raise Preempted()
+
+
+def _print_summary(report: dict, written: str) -> None:
+    lines = [f"wrote {written}  (wall {report['wall_s']:.2f} s, {report['world_size']} rank(s))",
              f"{'stage':<10} {'busy s':>8}"]
     lines += [f"{name:<10} {busy:>8.2f}" for name, busy in report["stage_busy_s"].items()]
     lines.append(f"{'rank':<5} {'stages':<26} {'busy s':>8} {'wait s':>8} {'peak RSS MB':>12}")
@@ -31,20 +47,56 @@ def _print_summary(report: dict, out: str, report_file: str) -> None:
     print("\n".join(lines), flush=True)
 
 
-def generate(overrides: list[str]) -> None:
+def generate(overrides: list[str]) -> int:
+    from foley_dist.jobs import generate_jobs
     from foley_dist.output import write_json_atomic
-    from foley_dist.runtime import make_job, report_path, run
+    from foley_dist.runtime import run
 
     cfg = config.load("generate", overrides)
-    job = make_job(cfg, cfg.video, cfg.prompt, cfg.output, cfg.seed)
-    report = run(cfg, [job])
-    if report is not None:
-        path = report_path(cfg)
-        write_json_atomic(path, report)
-        _print_summary(report, cfg.output, str(path))
+    outcome = run(cfg, generate_jobs(cfg))
+    if outcome is None:
+        return 0
+    status = outcome.status.get(0, {"status": "failed", "reason": "no audio was produced"})
+    if status["status"] != "done":
+        raise FoleyError(status["reason"])
+    report_file = Path(cfg.report or Path(cfg.output).with_suffix(".json"))
+    write_json_atomic(report_file, {**outcome.report, "status": status})
+    _print_summary(outcome.report, f"{cfg.output}{' + ' + status['muxed'] if 'muxed' in status else ''} and {report_file}")
+    return 0
 
 
-COMMANDS = {"generate": generate}
+def batch(overrides: list[str]) -> int:
+    from foley_dist.jobs import batch_jobs
+    from foley_dist.output import write_json_atomic, write_jsonl_atomic
+    from foley_dist.runtime import run
+    from foley_dist.sink import skip_finished_jobs
+
+    cfg = config.load("batch", overrides)
+    root = Path(cfg.output_root)
+    journal = root / ".finished.jsonl"
+    jobs, rejected = batch_jobs(cfg)
+    jobs, earlier = skip_finished_jobs(jobs, journal)
+    outcome = run(cfg, jobs, journal) if jobs else None
+    if int(os.environ.get("RANK", 0)) != int(os.environ.get("WORLD_SIZE", 1)) - 1:
+        return 0  # not the sink (last) rank: the sink writes the results
+    results_file = Path(cfg.results or root / "results.jsonl")
+    status = outcome.status if outcome else {}
+    rows = [{"video": j.video, "output": j.output, "key": j.key, "status": "done", "from_earlier_run": True} for j in earlier]
+    rows += [{"video": r.video, "output": r.output, "status": "failed", "reason": r.reason} for r in rejected]
+    rows += [{"video": j.video, "output": j.output, "key": j.key, **status.get(i, {"status": "failed", "reason": "not finished"})}
+             for i, j in enumerate(jobs)]
+    write_jsonl_atomic(results_file, rows)
+    if outcome is not None:
+        write_json_atomic(cfg.report or root / "report.json", outcome.report)
+    failed = [r for r in rows if r["status"] != "done"]
+    print(f"batch: {len(rows) - len(failed)} of {len(rows)} item(s) done ({len(earlier)} by earlier runs), "
+          f"{len(failed)} failed; results in {results_file}", flush=True)
+    for r in failed:
+        print(f"  failed: {r['video'] or '?'} -> {r['output'] or '?'}: {r['reason']}", flush=True)
+    return 4 if failed else 0
+
+
+COMMANDS = {"generate": generate, "batch": batch}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,15 +105,19 @@ def main(argv: list[str] | None = None) -> int:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
     rank = os.environ.get("RANK", "0")
+    signal.signal(signal.SIGTERM, _on_sigterm)
     try:
-        COMMANDS[argv[0]](argv[1:])
-        return 0
+        return COMMANDS[argv[0]](argv[1:])
     except FoleyError as e:
         print(f"foley-dist: error: {e}", file=sys.stderr, flush=True)
         return e.exit_code
     except transport.PeerTimeout as e:
         print(f"foley-dist: rank {rank}: peer failure: {e}", file=sys.stderr, flush=True)
         return 3
+    except Preempted:
+        print(f"foley-dist: rank {rank}: terminated (SIGTERM); finished segments are kept, re-run to resume",
+              file=sys.stderr, flush=True)
+        return 143
     except KeyboardInterrupt:
         print(f"foley-dist: rank {rank}: interrupted", file=sys.stderr, flush=True)
         return 130

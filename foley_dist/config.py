@@ -46,29 +46,59 @@ class HardwareConfig:
     precision: str = "auto"  # auto (bf16 DiT on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
     timeout_s: float = 60.0  # a peer silent for this long is treated as dead
     max_inflight: int = 2  # sends outstanding per rank before it waits (back-pressure)
-    threads: int = 0  # torch intra-op threads per rank; 0 = torch's default
+    threads: int = 1  # torch CPU threads per rank; results are bit-identical only at equal thread counts; 0 = torch's default
 
 
 @dataclass
-class GenerateConfig:
-    video: str = MISSING
-    prompt: str = ""
-    output: str = "out/foley.wav"
+class VisionConfig:
+    """How the vision stage turns frames into features (see README.md, high resolution)."""
+
+    tiling: bool = False  # encode overlapping tiles of a high-resolution frame and merge them
+    tile_size: int = 224  # tile side in source pixels
+    overlap_ratio: float = 0.2  # fraction of a tile shared with its neighbour
+    tile_batch: int = 16  # tiles encoded at once: bounds activation memory
+    frame_sampling: str = "fixed"  # fixed | adaptive (lower sync rate on static shots)
+    min_sync_fps: float = 15.0  # adaptive sampling never decodes fewer sync frames per second
+    cache: str = "~/.cache/foley_dist/features"  # feature cache folder, or "off"
+    cache_max_gb: float = 20.0  # least recently used entries are evicted above this
+
+
+@dataclass
+class RunConfig:
+    """Settings shared by `generate` (one video) and `batch` (a manifest of videos)."""
+
     seed: int = 0
     segment_seconds: float = 5.0
     overlap_seconds: float = 1.0
     decoder: str = "pyav"  # pyav | decord
-    report: Optional[str] = None  # default: OUTPUT with .json suffix
+    report: Optional[str] = None  # default: beside the output
     trace: Optional[str] = None  # Chrome/Perfetto trace path
     progress: bool = True
+    mux: bool = False  # also write a copy of the video with the generated audio track
+    vision: VisionConfig = field(default_factory=VisionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)
 
 
+@dataclass
+class GenerateConfig(RunConfig):
+    video: str = MISSING
+    prompt: str = ""
+    output: str = "out/foley.wav"
+
+
+@dataclass
+class BatchConfig(RunConfig):
+    manifest: str = MISSING  # .jsonl or .csv: video, prompt, output, optional seed and overrides
+    output_root: str = "out/batch"  # every item's output must resolve inside this folder
+    results: Optional[str] = None  # per-item status; default OUTPUT_ROOT/results.jsonl
+
+
 def _register() -> None:
     cs = ConfigStore.instance()
     cs.store(name="generate_schema", node=GenerateConfig)
+    cs.store(name="batch_schema", node=BatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)
     cs.store(group="layout", name="layout_schema", node=LayoutConfig)
     cs.store(group="hardware", name="hardware_schema", node=HardwareConfig)
@@ -85,12 +115,12 @@ def conf_dir() -> Path:
     return path
 
 
-def load(name: str, overrides: list[str], schema: type = GenerateConfig) -> Any:
+def load(name: str, overrides: list[str]) -> Any:
     """Compose conf/<name>.yaml with `key=value` overrides into a validated dataclass instance."""
     try:
         with initialize_config_dir(version_base=None, config_dir=str(conf_dir())):
             cfg = compose(config_name=name, overrides=overrides)
-        return OmegaConf.to_object(cfg) if schema is not None else cfg
+        return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
         first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         if "missing mandatory value" in first.lower():

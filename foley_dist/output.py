@@ -168,3 +168,31 @@ def mux(video_path: str | os.PathLike, audio_path: str | os.PathLike, out_path: 
         raise FoleyError(f"cannot mux {video_path} with {audio_path} into {out_path}: {exc}") from exc
     finally:
         tmp.unlink(missing_ok=True)
+
+
+def save_array_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
+    """A .npy file that either exists whole or not at all (the resume state of finished segments)."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    with open(tmp, "wb") as f:
+        np.save(f, array)
+    _commit(tmp, path)
+
+
+def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    _commit(tmp, path)
+
+
+def append_line(path: str | os.PathLike, obj: dict) -> None:
+    """Append one JSON line and fsync: a journal whose complete lines survive any crash."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "a") as f:
+        f.write(json.dumps(obj) + "\n")
+        f.flush()
+        os.fsync(f.fileno())

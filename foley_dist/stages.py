@@ -55,18 +55,19 @@ class FusionStage(nn.Module):
     def __init__(self, spec: ModelSpec, text: nn.Module, dit: nn.Module, negative_prompt: str):
         super().__init__()
         self.spec, self.text, self.dit, self.negative_prompt = spec, text, dit, negative_prompt
-        self._prompt_cache: dict[str, torch.Tensor] = {}
+        self._prompt_cache: dict[tuple[str, str], torch.Tensor] = {}
 
-    def encode_prompt(self, prompt: str) -> torch.Tensor:
-        if prompt not in self._prompt_cache:
-            self._prompt_cache = {prompt: self.text([self.negative_prompt, prompt])}  # one prompt kept: bounded
-        return self._prompt_cache[prompt]
+    def encode_prompt(self, prompt: str, negative: str) -> torch.Tensor:
+        """[negative; prompt] text features; consecutive segments share a prompt, so one entry suffices."""
+        if (negative, prompt) not in self._prompt_cache:
+            self._prompt_cache = {(negative, prompt): self.text([negative, prompt])}
+        return self._prompt_cache[(negative, prompt)]
 
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         clip_feat, sync_feat = msg.tensors["clip_feat"], msg.tensors["sync_feat"]
         empty_clip, empty_sync = self.dit.empty_features(1, clip_feat.shape[1], sync_feat.shape[1])
-        text = self.encode_prompt(msg.meta["prompt"])
+        text = self.encode_prompt(msg.meta["prompt"], msg.meta.get("model.negative_prompt", self.negative_prompt))
         cond = self.dit.condition(
             text,
             torch.cat([empty_clip.to(clip_feat), clip_feat]),
@@ -98,13 +99,15 @@ class DiffusionStage(nn.Module):
         frames = round(seg.seconds * self.spec.latent_rate)
         noise = segment_noise(msg.meta["seed"], seg.index, (1, self.spec.dit.audio_vae_latent_dim, frames)).to(self.device)
         cond = msg.tensors
-        if self.guidance_scale <= 1:  # no guidance: only the conditional half of [uncond; cond] is used
+        steps = msg.meta.get("model.steps", self.steps)  # per-item overrides from a batch manifest
+        guidance_scale = msg.meta.get("model.guidance_scale", self.guidance_scale)
+        if guidance_scale <= 1:  # no guidance: only the conditional half of [uncond; cond] is used
             cond = {k: v[1:] for k, v in cond.items()}
 
         def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
             with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
                 return self.dit.velocity(x, t, cond).float()
 
-        latents = sample(velocity, noise, self.steps, self.guidance_scale)
+        latents = sample(velocity, noise, steps, guidance_scale)
         audio = self.vae(latents.float())[0].reshape(-1)
         return Message(msg.segment, {"audio": audio.float()}, msg.meta)

@@ -48,12 +48,13 @@ class _Shape:
     vx: float  # frame widths per second
     vy: float
 
-    def box(self, t: float, width: int, height: int) -> tuple[int, int, int, int]:
+    def box(self, t: float, width: int, height: int) -> tuple[int, int, int]:
+        """(x, y, side) of the bounding square at time t, all even."""
         side = max(2, int(self.size * min(width, height))) & ~1
         x = _bounce(self.x0 + self.vx * t) * (width - side)
         y = _bounce(self.y0 + self.vy * t) * (height - side)
         x, y = int(x) & ~1, int(y) & ~1  # even, so the chroma box is exactly half the luma box
-        return x, y, side, side
+        return x, y, side
 
 
 def _bounce(u: float) -> float:
@@ -100,13 +101,13 @@ class _FrameDrawer:
         self.y_bg = (40 + 60 * xs[None, :] + 60 * ys[:, None]).astype(np.uint8)
         self.u_bg = (96 + 64 * xs[None, ::2]).astype(np.uint8)  # broadcast over rows on assignment
         self.v_bg = (160 - 64 * ys[::2, None]).astype(np.uint8)  # broadcast over columns
-        self.masks = {}
+        self.masks: dict[int, np.ndarray] = {}  # disc masks by side length
 
     def draw(self, index: int) -> np.ndarray:
         t = index / self.fps
         self.y[:], self.u[:], self.v[:] = self.y_bg, self.u_bg, self.v_bg
         for shape in self.shapes:
-            x, y, s, _ = shape.box(float(t), self.width, self.height)
+            x, y, s = shape.box(float(t), self.width, self.height)
             self._fill(self.y, (y, x, s), shape.yuv[0], shape.disc)
             self._fill(self.u, (y // 2, x // 2, s // 2), shape.yuv[1], shape.disc)
             self._fill(self.v, (y // 2, x // 2, s // 2), shape.yuv[2], shape.disc)
@@ -169,7 +170,9 @@ def _add_audio(container: av.container.OutputContainer, codec: str) -> av.audio.
     return container.add_stream(codec, rate=AUDIO_RATE, layout="mono")
 
 
-def _mux_audio(container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, samples: np.ndarray) -> None:
+def _mux_audio(
+    container: av.container.OutputContainer, stream: av.audio.stream.AudioStream, samples: np.ndarray
+) -> None:
     fmt = stream.codec_context.format.name
     chunk = stream.codec_context.frame_size or 1024
     for start in range(0, len(samples), chunk):

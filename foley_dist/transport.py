@@ -198,3 +198,12 @@ def gather_objects(obj, dst: int, world_size: int) -> list | None:
     out = [None] * world_size if dist.get_rank() == dst else None
     dist.gather_object(obj, out, dst=dst)
     return out
+
+
+def broadcast_object(obj, src: int, world_size: int):
+    """`obj` from rank `src` on every rank (start-up state such as finished segments)."""
+    if world_size == 1:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=src)
+    return box[0]

@@ -96,17 +96,23 @@ def main() -> None:
     for task in TASKS:
         for decoder in args.decoders:
             with ProcessPoolExecutor(1, mp_context=get_context("spawn")) as pool:
-                results.append(pool.submit(_run, path, decoder, task, args.repeats, args.segment_seconds, args.overlap).result())
+                job = pool.submit(_run, path, decoder, task, args.repeats, args.segment_seconds, args.overlap)
+                results.append(job.result())
 
     print(f"{path}  repeats={args.repeats}  cpus={os.cpu_count()}  load={os.getloadavg()[0]:.2f}")
-    print(f"{'task':<12} {'decoder':<11} {'frames':>6} {'median s':>9} {'min s':>7} {'cpu s':>6} {'frames/s':>9} {'peak RSS +MB':>13}")
+    print(
+        f"{'task':<12} {'decoder':<11} {'frames':>6} {'median s':>9} {'min s':>7} {'cpu s':>6} {'frames/s':>9} "
+        f"{'peak RSS +MB':>13}"
+    )
     for r in results:
         print(
             f"{r.task:<12} {r.decoder:<11} {r.frames:>6} {r.median_s:>9.2f} {r.min_s:>7.2f} {r.cpu_s:>6.2f} "
             f"{r.frames_per_s:>9.1f} {r.peak_rss_delta_mb:>13.0f}"
         )
     if args.json:
-        Path(args.json).write_text(json.dumps({"video": path, "repeats": args.repeats, "results": [asdict(r) for r in results]}, indent=2))
+        report = {"video": path, "repeats": args.repeats, "load": os.getloadavg()[0]}
+        report["results"] = [asdict(r) for r in results]
+        Path(args.json).write_text(json.dumps(report, indent=2))
 
 
 if __name__ == "__main__":

@@ -21,8 +21,11 @@ def main() -> None:
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     start = time.perf_counter()
-    make_clip(args.out, args.seconds, args.width, args.height, args.fps, args.seed, args.codec, args.audio, args.rotation)
-    print(f"wrote {args.out}: {args.seconds:g} s {args.width}x{args.height} @ {args.fps:g} fps in {time.perf_counter() - start:.1f} s")
+    make_clip(
+        args.out, args.seconds, args.width, args.height, args.fps, args.seed, args.codec, args.audio, args.rotation
+    )
+    elapsed = time.perf_counter() - start
+    print(f"wrote {args.out}: {args.seconds:g} s {args.width}x{args.height} @ {args.fps:g} fps in {elapsed:.1f} s")
 
 
 if __name__ == "__main__":

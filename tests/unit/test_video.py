@@ -72,6 +72,15 @@ def _truncated(d: Path) -> Path:
     return d / "cut.mp4"
 
 
+def _png(d: Path) -> Path:
+    with av.open(str(d / "still.png"), "w") as container:
+        stream = container.add_stream("png")
+        stream.width, stream.height, stream.pix_fmt = 16, 16, "rgb24"
+        container.mux(stream.encode(av.VideoFrame(16, 16, "rgb24")))
+        container.mux(stream.encode(None))
+    return d / "still.png"
+
+
 def _fifo(d: Path) -> Path:
     os.mkfifo(d / "pipe.mp4")  # opening it for reading would block forever
     return d / "pipe.mp4"
@@ -82,6 +91,7 @@ BAD_INPUTS = {
     "directory": (lambda d: d, "is a directory"),
     "text": (_text, "is a text file, not a video"),
     "text_as_mp4": (lambda d: _text(d, "notes.mp4"), "not a media file"),
+    "still_image": (_png, "is a still image, not a video"),
     "random_bytes": (lambda d: testclip.make_corrupt(d / "junk.mp4"), "corrupt, truncated or not a media file"),
     "truncated": (_truncated, "corrupt, truncated or not a media file"),
     "zero_length": (lambda d: testclip.make_empty(d / "empty.mp4"), "is empty (0 bytes)"),
@@ -147,7 +157,8 @@ def test_decoders_pick_the_same_frames(clip: str, fps: float, start: float):
 @pytest.mark.parametrize("decoder", DECODERS)
 def test_times_past_the_end_repeat_the_last_frame_in_any_order(clip: str, decoder: str):
     last = int(SECONDS * FPS) - 1
-    frames = video.decode_segment(clip, [SECONDS + 1.0, 3.9, -0.5, SECONDS, 1.0, SECONDS + 1.0], (64, 64), decoder=decoder)
+    times = [SECONDS + 1.0, 3.9, -0.5, SECONDS, 1.0, SECONDS + 1.0]
+    frames = video.decode_segment(clip, times, (64, 64), decoder=decoder)
     assert stamps(frames) == [last, last - 2, 0, last, 25, last]
     assert torch.equal(frames[0], frames[3])
 
@@ -184,7 +195,8 @@ def test_decord_failure_falls_back_to_pyav(clip: str, monkeypatch: pytest.Monkey
 
     monkeypatch.setattr(decord, "VideoReader", refuse)
     times = [0.0, 1.0, 2.0]
-    assert torch.equal(video.decode_segment(clip, times, (32, 32), decoder="decord"), video.decode_segment(clip, times, (32, 32), decoder="pyav"))
+    fallback = video.decode_segment(clip, times, (32, 32), decoder="decord")
+    assert torch.equal(fallback, video.decode_segment(clip, times, (32, 32), decoder="pyav"))
 
 
 def test_bad_decode_arguments_are_rejected(clip: str):
@@ -220,10 +232,11 @@ def uhd_clip(media: Path) -> Path:
 def test_decoding_4k_at_small_size_never_builds_full_size_frames(uhd_clip: Path, decoder: str):
     """50 frames of 4K as RGB would be 1.2 GB; decoding them to 64x64 must not grow the peak RSS by
     more than a few 4K frames, however many frames are asked for."""
-    out = subprocess.run([sys.executable, "-c", _MEMORY_PROBE, str(uhd_clip), decoder], capture_output=True, text=True, check=True)
+    command = [sys.executable, "-c", _MEMORY_PROBE, str(uhd_clip), decoder]
+    out = subprocess.run(command, capture_output=True, text=True, check=True)
     growth_mb = float(out.stdout.split()[-1])
     full_rgb_mb = 50 * 3840 * 2160 * 3 / 2**20
-    assert growth_mb < 100, f"peak RSS grew {growth_mb:.0f} MB decoding 50 4K frames to 64x64 (full RGB: {full_rgb_mb:.0f} MB)"
+    assert growth_mb < 100, f"peak RSS +{growth_mb:.0f} MB for 50 4K frames at 64x64 (full RGB: {full_rgb_mb:.0f} MB)"
 
 
 # --- test media ---------------------------------------------------------------------------------------

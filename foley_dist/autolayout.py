@@ -1,0 +1,135 @@
+"""The scheduling model as code: predicted makespan of a layout, and the best layout for WORLD_SIZE.
+
+A layout's makespan is predicted by replaying the exact static schedule the ranks execute
+(schedule.build_schedule) with fixed per-segment stage costs: a rank's compute of a group costs the
+sum of its stages' costs, a receive waits for the matching send plus `comm_s`, sends never block.
+For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated groups the
+steady-state period is max over groups of (group cost / replicas), and the replay also gets the
+fill, the drain and round-robin remainders right, which the closed form only bounds.
+
+Without a memory limit, replicating the whole pipeline (`vision+fusion+diffusion xW`) is optimal:
+it has no fill and perfect balance. Pipelining pays off when a rank cannot hold every stage, so
+`choose_layout` takes per-stage memory and a per-rank capacity and only considers groups that fit.
+"""
+
+from __future__ import annotations
+
+from itertools import combinations
+from typing import Sequence
+
+from foley_dist.errors import FoleyError
+from foley_dist.schedule import STAGES, Action, Topology, build_schedule
+
+_TIE = 1e-6  # relative: makespans closer than this are ties, broken by simplicity
+
+
+def _topology(layout: Topology | Sequence[str], world_size: int | None) -> Topology:
+    if isinstance(layout, Topology):
+        return layout
+    if world_size is None:
+        raise ValueError("world_size is needed to parse a layout list")
+    return Topology.parse(layout, world_size)
+
+
+def _check_costs(stage_costs: dict[str, float]) -> None:
+    missing = [s for s in STAGES if s not in stage_costs]
+    if missing or any(stage_costs[s] < 0 for s in STAGES):
+        raise FoleyError(f"stage costs need a non-negative seconds-per-segment for each of {', '.join(STAGES)}; "
+                         f"got {stage_costs}")
+
+
+def period(layout: Topology | Sequence[str], stage_costs: dict[str, float], world_size: int | None = None) -> float:
+    """Steady-state seconds per segment: the slowest group's cost divided by its replicas."""
+    topo = _topology(layout, world_size)
+    return max(sum(stage_costs[s] for s in g.stages) / len(g.ranks) for g in topo.groups)
+
+
+def predict_makespan(layout: Topology | Sequence[str], stage_costs: dict[str, float], num_items: int,
+                     world_size: int | None = None, comm_s: float = 0.0) -> float:
+    """Seconds from the first compute to the sink's last collect for `num_items` segments.
+
+    `layout` is a Topology or a list of layout entries (then `world_size` is needed to parse it).
+    `comm_s` is added to every message between ranks (latency + size/bandwidth, if known).
+    """
+    _check_costs(stage_costs)
+    topo = _topology(layout, world_size)
+    cost = {r: sum(stage_costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
+    return replay(build_schedule(topo, num_items), cost, comm_s)
+
+
+def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: float = 0.0) -> float:
+    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds."""
+    clock = {r: 0.0 for r in prog}
+    pc = {r: 0 for r in prog}
+    arrivals: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
+    pending = set(prog)
+    while pending:
+        moved = False
+        for r in sorted(pending):
+            acts = prog[r]
+            while pc[r] < len(acts):
+                a = acts[pc[r]]
+                if a.kind == "recv":
+                    key = (a.peer, r, a.item)
+                    if key not in arrivals:
+                        break
+                    clock[r] = max(clock[r], arrivals.pop(key))
+                elif a.kind == "compute":
+                    clock[r] += rank_cost[r]
+                elif a.kind == "send":
+                    arrivals[(r, a.peer, a.item)] = clock[r] + comm_s
+                pc[r] += 1
+                moved = True
+            if pc[r] == len(acts):
+                pending.discard(r)
+        if not moved:
+            raise RuntimeError("schedule deadlocks: a rank waits for a message nobody sends")
+    return max(clock.values(), default=0.0)
+
+
+def groupings(stages: Sequence[str] = STAGES) -> list[list[tuple[str, ...]]]:
+    """Every way to cut the stage sequence into contiguous groups (2^(S-1) of them)."""
+    out = []
+    for k in range(len(stages)):
+        for cuts in combinations(range(1, len(stages)), k):
+            bounds = [0, *cuts, len(stages)]
+            out.append([tuple(stages[a:b]) for a, b in zip(bounds, bounds[1:])])
+    return out
+
+
+def compositions(total: int, parts: int) -> list[tuple[int, ...]]:
+    """Positive replica counts for `parts` groups summing to `total` ranks."""
+    return [tuple(b - a for a, b in zip((0, *cuts), (*cuts, total))) for cuts in combinations(range(1, total), parts - 1)]
+
+
+def layout_entries(groups: Sequence[tuple[str, ...]], replicas: Sequence[int]) -> list[str]:
+    """Layout entries in Topology.parse's format, e.g. ['vision+fusion', 'diffusion x3']."""
+    return ["+".join(g) + (f" x{k}" if k > 1 else "") for g, k in zip(groups, replicas)]
+
+
+def candidate_layouts(world_size: int, memory: dict[str, float] | None = None,
+                      capacity: float | None = None) -> list[list[str]]:
+    """Every valid layout for `world_size` ranks whose groups fit in `capacity` (if given)."""
+    def fits(group: tuple[str, ...]) -> bool:
+        return memory is None or capacity is None or sum(memory.get(s, 0.0) for s in group) <= capacity
+
+    return [layout_entries(groups, reps)
+            for groups in groupings() if all(fits(g) for g in groups) and len(groups) <= world_size
+            for reps in compositions(world_size, len(groups))]
+
+
+def choose_layout(stage_costs: dict[str, float], world_size: int, num_items: int,
+                  memory: dict[str, float] | None = None, capacity: float | None = None,
+                  comm_s: float = 0.0) -> list[str]:
+    """The layout with the smallest predicted makespan; ties go to fewer co-located stages.
+
+    `memory` (per stage) and `capacity` (per rank), in any one unit, rule out groups that do not fit.
+    """
+    _check_costs(stage_costs)
+    layouts = candidate_layouts(world_size, memory, capacity)
+    if not layouts:
+        raise FoleyError(f"no layout of {world_size} rank(s) fits: stage memory {memory} vs capacity {capacity} per rank")
+    scored = [(predict_makespan(lay, stage_costs, num_items, world_size, comm_s), lay) for lay in layouts]
+    best = min(m for m, _ in scored)
+    ties = [lay for m, lay in scored if m <= best * (1 + _TIE) + 1e-12]
+    return min(ties, key=lambda lay: (sum(e.split(" ")[0].count("+") for e in lay), len(lay), lay))

@@ -1,0 +1,138 @@
+"""The sink: segment audio in, finished files out, nothing finished ever lost.
+
+Each segment's raw audio is saved atomically as soon as it arrives (the resume state), then fed
+to the job's stitcher in order; the stitched audio streams into a temp file that is renamed into
+place when the job's last segment lands. A re-run finds the saved segments, schedules only the
+missing ones, and stitches the same bits as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from tqdm import tqdm
+
+from foley_dist.errors import FoleyError
+from foley_dist.jobs import Job
+from foley_dist.message import Message
+from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic
+from foley_dist.stitch import Stitcher
+
+
+def parts_dir(job: Job) -> Path:
+    """Hidden folder beside the output holding the job's finished segments (removed when it completes)."""
+    out = Path(job.output)
+    return out.parent / f".{out.name}.parts-{job.key}"
+
+
+def finished_jobs(journal: Path) -> set[str]:
+    """Keys of jobs an earlier run completed (a torn last line from a crash is ignored)."""
+    keys = set()
+    if journal.is_file():
+        for line in journal.read_text().splitlines():
+            try:
+                keys.add(json.loads(line)["key"])
+            except (json.JSONDecodeError, KeyError):
+                continue
+    return keys
+
+
+def skip_finished_jobs(jobs: list[Job], journal: Path) -> tuple[list[Job], list[Job]]:
+    """(jobs still to run, jobs finished earlier with the same settings whose output still exists)."""
+    done = finished_jobs(journal)
+    finished = [j for j in jobs if j.key in done and Path(j.output).is_file()]
+    return [j for j in jobs if j not in finished], finished
+
+
+def finished_segments(job: Job) -> set[int]:
+    d = parts_dir(job)
+    return {int(p.stem[3:]) for p in d.glob("seg*.npy")} if d.is_dir() else set()
+
+
+@dataclass
+class JobState:
+    stitcher: Stitcher
+    writer: AudioWriter
+    next_segment: int = 0
+    started: float = field(default_factory=time.time)
+
+
+class Sink:
+    """Stitches each job's segments in order and streams the result to its output file."""
+
+    def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool, mux_video: bool,
+                 journal: Path | None = None):
+        self.jobs, self.sample_rate, self.done, self.mux_video = jobs, sample_rate, done, mux_video
+        self.journal = journal  # finished jobs are appended here as they complete (batch resume)
+        self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
+        self._open: dict[int, JobState] = {}
+        total = sum(len(j.plan) - len(done.get(i, ())) for i, j in enumerate(jobs))
+        self._bar = tqdm(total=total, desc="segments", unit="seg", file=sys.stderr, disable=not progress, dynamic_ncols=True)
+
+    def collect(self, msg: Message) -> None:
+        j, seg = msg.meta["job"], msg.meta["segment"]
+        self._bar.update(1)
+        if j in self.status:  # an earlier segment of this job failed
+            return
+        if "error" in msg.meta:
+            self.fail(j, msg.meta["error"])
+            return
+        job = self.jobs[j]
+        audio = msg.tensors["audio"].cpu().numpy()
+        save_array_atomic(parts_dir(job) / f"seg{seg:05d}.npy", audio)
+        self.done.setdefault(j, set()).add(seg)
+        self._advance(j)
+
+    def finish(self) -> None:
+        """Complete jobs whose remaining segments were all finished by an earlier run."""
+        for j in range(len(self.jobs)):
+            if j not in self.status:
+                self._advance(j)
+        self._bar.close()
+
+    def fail(self, j: int, reason: str) -> None:
+        state = self._open.pop(j, None)
+        if state is not None:
+            state.writer.abort()
+        self.status[j] = {"status": "failed", "reason": reason}
+
+    def abort(self) -> None:
+        """Drop in-flight outputs (temp files); saved segments stay for the next run."""
+        for state in self._open.values():
+            state.writer.abort()
+        self._open.clear()
+        self._bar.close()
+
+    def _advance(self, j: int) -> None:
+        """Feed every available segment of job j, in order, to its stitcher; close the job when complete."""
+        job, have = self.jobs[j], self.done.get(j, set())
+        state = self._open.get(j)
+        if state is None:
+            if 0 not in have:
+                return
+            state = self._open[j] = JobState(Stitcher(job.plan, self.sample_rate), AudioWriter(job.output, self.sample_rate))
+        while state.next_segment in have:
+            wave = np.load(parts_dir(job) / f"seg{state.next_segment:05d}.npy")
+            state.writer.write(state.stitcher.add(state.next_segment, wave))
+            state.next_segment += 1
+        if state.next_segment == len(job.plan):
+            state.writer.write(state.stitcher.finish())
+            state.writer.close()
+            del self._open[j]
+            shutil.rmtree(parts_dir(job), ignore_errors=True)
+            entry = {"status": "done", "seconds": round(time.time() - state.started, 3)}
+            if self.mux_video:
+                entry["muxed"] = str(Path(job.output).with_suffix(".mp4"))
+                try:
+                    mux(job.video, job.output, entry["muxed"])
+                except FoleyError as e:
+                    entry = {"status": "failed", "reason": f"audio written, mux failed: {e}"}
+            self.status[j] = entry
+            if self.journal is not None and entry["status"] == "done":
+                append_line(self.journal, {"key": job.key, "output": job.output})

@@ -1,0 +1,67 @@
+"""Scheduling model: predicted makespans against hand-derived values, and the layouts it picks."""
+
+import pytest
+
+from foley_dist.autolayout import candidate_layouts, choose_layout, period, predict_makespan
+from foley_dist.errors import FoleyError
+from foley_dist.schedule import Topology
+
+COSTS = {"vision": 0.12, "fusion": 0.015, "diffusion": 0.6}
+# A rank holds the DiT (+VAE) and the text encoder, but not the DiT and the video encoders.
+MEMORY, CAPACITY = {"vision": 6.0, "fusion": 2.0, "diffusion": 20.0}, 24.0
+
+
+@pytest.mark.parametrize("m", [1, 2, 24])
+def test_one_rank_per_stage_is_the_design_formula(m):
+    expected = sum(COSTS.values()) + (m - 1) * max(COSTS.values())
+    assert predict_makespan(["vision", "fusion", "diffusion"], COSTS, m, 3) == pytest.approx(expected)
+
+
+def test_single_rank_is_the_sum_of_all_work():
+    assert predict_makespan(["vision+fusion+diffusion"], COSTS, 10, 1) == pytest.approx(10 * 0.735)
+
+
+def test_colocation_adds_costs_and_replicas_divide_the_period():
+    topo = Topology.parse(["vision+fusion", "diffusion x3"], 4)
+    assert period(topo, COSTS) == pytest.approx(0.2)
+    # Replicas 1 and 2 finish items 0,1 at 0.735, 0.87; the sink replica (rank 3) receives item 1
+    # before computing its first item 2 (in-order schedule), then computes items 2,5,...,23 back to back.
+    assert predict_makespan(topo, COSTS, 24) == pytest.approx(0.87 + 8 * 0.6)
+
+
+def test_comm_term_is_added_per_hop():
+    base = predict_makespan(["vision", "fusion", "diffusion"], COSTS, 1, 3)
+    assert predict_makespan(["vision", "fusion", "diffusion"], COSTS, 1, 3, comm_s=0.01) == pytest.approx(base + 0.02)
+
+
+def test_candidates_cover_groupings_times_replica_counts():
+    assert len(candidate_layouts(3)) == 1 + 2 * 2 + 1  # [v+f+d x3], 2 two-group cuts x 2 splits, [v,f,d]
+    assert len(candidate_layouts(8)) == 1 + 2 * 7 + 21
+    for lay in candidate_layouts(8, MEMORY, CAPACITY):
+        assert not any("vision" in e and "diffusion" in e for e in lay)
+
+
+@pytest.mark.parametrize("world,expected", [
+    (3, ["vision+fusion", "diffusion x2"]),
+    (4, ["vision+fusion", "diffusion x3"]),
+    (8, ["vision x2", "fusion", "diffusion x5"]),
+])
+def test_memory_bound_layouts_replicate_diffusion(world, expected):
+    assert choose_layout(COSTS, world, 24, MEMORY, CAPACITY) == expected
+
+
+@pytest.mark.parametrize("world", [3, 4, 8])
+def test_without_memory_limit_replicating_everything_wins(world):
+    assert choose_layout(COSTS, world, 24) == [f"vision+fusion+diffusion x{world}"]
+
+
+def test_ties_prefer_fewer_colocated_stages():
+    # One item: every layout costs the plain sum, so the one-rank-per-stage layout wins the tie.
+    assert choose_layout(COSTS, 3, 1) == ["vision", "fusion", "diffusion"]
+
+
+def test_nothing_fits_is_a_clear_error():
+    with pytest.raises(FoleyError, match="no layout of 1 rank"):
+        choose_layout(COSTS, 1, 4, MEMORY, CAPACITY)
+    with pytest.raises(FoleyError, match="each of vision, fusion, diffusion"):
+        choose_layout({"vision": 1.0}, 3, 4)
