@@ -52,7 +52,8 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device) -> list[torch.nn.Module]:
     parts = build_parts(spec, stage_parts(names), cfg.model, device)
     make = {
-        "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device),
+        "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision,
+                                      model_id=f"{cfg.model.name}:{cfg.model.path or cfg.model.init_seed}"),
         "fusion": lambda: FusionStage(spec, parts["text"], parts["dit"], cfg.model.negative_prompt),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
                                             device, autocast_dtype(cfg.hardware.precision, device)),

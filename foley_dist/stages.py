@@ -11,15 +11,23 @@ came from a peer or from the stage before in the same process. Tensors crossing 
 
 from __future__ import annotations
 
+from dataclasses import asdict
+from typing import Iterator
+
 import numpy as np
 import torch
 from torch import nn
 
+from foley_dist.cache import FeatureCache, feature_key
+from foley_dist.config import VisionConfig
+from foley_dist.errors import FoleyError
+from foley_dist.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
 from foley_dist.message import Message
 from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
 from foley_dist.segments import Segment
-from foley_dist.video import decode_segment, sample_times
+from foley_dist.tiling import MAX_TILES, encode_tiled, plan_grid, stream_frames
+from foley_dist.video import decode_segment, probe, sample_times
 
 
 def _segment(meta: dict) -> Segment:
@@ -27,24 +35,95 @@ def _segment(meta: dict) -> Segment:
 
 
 class VisionStage(nn.Module):
-    """Decode the segment's frames straight at encoder resolution, then visual + sync features."""
+    """Decode the segment's frames and encode visual + sync features, or read them from the cache.
+
+    `vision` picks the variants (see VisionConfig): tiled high-resolution visual encoding
+    (foley_dist.tiling), adaptive sync-frame sampling (foley_dist.framesampling) and the on-disk
+    feature cache (foley_dist.cache); `model_id` names the weights in the cache key. Every variant
+    yields the same shapes: clip_feat [1, seconds * visual_fps, D], sync_feat [1, 24 * seconds, D].
+    Meta gains `cached` and `sync_frames_saved` (fraction of 25 fps sync frames not decoded).
+    """
 
     name = "vision"
 
-    def __init__(self, spec: ModelSpec, visual: nn.Module, sync: nn.Module, decoder: str, device: torch.device):
+    def __init__(self, spec: ModelSpec, visual: nn.Module, sync: nn.Module, decoder: str, device: torch.device,
+                 vision: VisionConfig, model_id: str):
         super().__init__()
+        _check_vision(vision)
         self.spec, self.visual, self.sync, self.decoder, self.device = spec, visual, sync, decoder, device
+        self.vision = vision
+        self.cache = None if vision.cache == "off" else FeatureCache(vision.cache, int(vision.cache_max_gb * 2**30))
+        self.cache_hits = self.cache_misses = 0
+        self.settings = {  # everything besides the video and the segment bounds that the features depend on
+            "model": model_id, "visual": asdict(spec.visual), "sync": asdict(spec.sync), "visual_fps": spec.visual_fps,
+            "sync_fps": spec.sync_fps, "decoder": decoder, "device": device.type,
+            "tiling": {"tile_size": vision.tile_size, "overlap_ratio": vision.overlap_ratio,
+                       "tile_batch": vision.tile_batch, "max_tiles": MAX_TILES} if vision.tiling else None,
+            "sampling": {"min_sync_fps": vision.min_sync_fps, "threshold": STATIC_THRESHOLD}
+            if vision.frame_sampling == "adaptive" else "fixed",
+        }
 
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         seg, video = _segment(msg.meta), msg.meta["video"]
-        size = self.spec.visual.image_size
-        frames = decode_segment(video, sample_times(seg, self.spec.visual_fps), (size, size), "resize", self.decoder)
-        clip_feat = self.visual(frames.to(self.device))
+        key = feature_key(video, seg.start, seg.end, self.settings) if self.cache else None
+        hit = self.cache.get(key) if self.cache else None
+        if hit is not None:
+            self.cache_hits += 1
+            tensors, meta = hit
+            return Message(msg.segment, {k: v.to(self.device) for k, v in tensors.items()},
+                           {**msg.meta, "cached": True, "sync_frames_saved": float(meta["sync_frames_saved"])})
+        clip_feat, thumbs = self._visual_features(video, seg)
+        grid = sample_times(seg, self.spec.sync_fps)
+        if thumbs is None:
+            plan = fixed_plan(grid)
+        else:
+            plan = adaptive_plan(grid, self.spec.sync_fps, sample_times(seg, self.spec.visual_fps), thumbs,
+                                 self.vision.min_sync_fps)
         size = self.spec.sync.image_size
-        frames = decode_segment(video, sample_times(seg, self.spec.sync_fps), (size, size), "center_crop", self.decoder)
-        sync_feat = self.sync(frames.to(self.device))
-        return Message(msg.segment, {"clip_feat": clip_feat, "sync_feat": sync_feat}, msg.meta)
+        frames = decode_segment(video, plan.times, (size, size), "center_crop", self.decoder)
+        sync_feat = self.sync(resample(frames, plan).to(self.device))
+        tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat}
+        if self.cache:
+            self.cache_misses += 1
+            self.cache.put(key, tensors, {"sync_frames_saved": repr(plan.saved)})
+        return Message(msg.segment, tensors, {**msg.meta, "cached": False, "sync_frames_saved": plan.saved})
+
+    def _visual_features(self, video: str, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """clip_feat [1, T, D], plus motion thumbnails of the same frames when sampling is adaptive."""
+        times, size = sample_times(seg, self.spec.visual_fps), self.spec.visual.image_size
+        adaptive = self.vision.frame_sampling == "adaptive"
+        if not self.vision.tiling:
+            frames = decode_segment(video, times, (size, size), "resize", self.decoder)
+            return self.visual(frames.to(self.device)), thumbnails(frames) if adaptive else None
+        info = probe(video)
+        grid = plan_grid(info.height, info.width, self.vision.tile_size, self.vision.overlap_ratio)
+        thumbs: list[torch.Tensor] = []
+
+        def frames() -> Iterator[torch.Tensor]:
+            for frame in stream_frames(video, times, (grid.height, grid.width)):
+                if adaptive:
+                    thumbs.append(thumbnails(frame[None]))
+                yield frame
+
+        clip_feat = encode_tiled(lambda x: self.visual(x)[0], frames(), grid, size, self.vision.tile_batch, self.device)
+        return clip_feat, torch.cat(thumbs) if adaptive else None
+
+
+def _check_vision(v: VisionConfig) -> None:
+    problems = []
+    if v.frame_sampling not in ("fixed", "adaptive"):
+        problems.append(f"vision.frame_sampling={v.frame_sampling!r} must be 'fixed' or 'adaptive'")
+    if not v.min_sync_fps > 0:
+        problems.append(f"vision.min_sync_fps={v.min_sync_fps} must be > 0 (default 15)")
+    if v.tile_size < 1 or v.tile_batch < 1:
+        problems.append(f"vision.tile_size={v.tile_size} and vision.tile_batch={v.tile_batch} must be >= 1")
+    if not 0 <= v.overlap_ratio < 1:
+        problems.append(f"vision.overlap_ratio={v.overlap_ratio} must be >= 0 and < 1 (default 0.2)")
+    if not v.cache_max_gb > 0:
+        problems.append(f"vision.cache_max_gb={v.cache_max_gb} must be > 0; use vision.cache=off to disable the cache")
+    if problems:
+        raise FoleyError("; ".join(problems))
 
 
 class FusionStage(nn.Module):

@@ -1,8 +1,10 @@
 """Decode benchmark: a 4K clip's frames for SigLIP (8 fps, 512x512 resize) and Synchformer (25 fps,
 224x224 centre crop), segment by segment as the vision stage does, with each decoder.
 
-Each configuration runs in a fresh process so its peak-RSS delta (ru_maxrss after the runs minus
-before) is its own. Wall time is the median over --repeats of decoding every segment of the plan.
+Each configuration runs in a fresh process; its peak-RSS delta is the kernel's high-water mark
+(VmHWM, reset through /proc/self/clear_refs after start-up) minus the RSS before decoding. Wall time
+is the median over --repeats of decoding every segment of the plan; cpu s (user + sys, all threads)
+is less sensitive to other load on a shared machine.
 """
 
 from __future__ import annotations
@@ -44,8 +46,16 @@ class Result:
     peak_rss_delta_mb: float
 
 
-def _rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+def _status_mb(field: str) -> float:
+    """VmRSS / VmHWM of this process. Not ru_maxrss: that survives exec, so it reports the parent's peak."""
+    with open("/proc/self/status") as f:
+        line = next(line for line in f if line.startswith(field + ":"))
+    return int(line.split()[1]) / 1024
+
+
+def _reset_peak_rss() -> None:
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")  # resets VmHWM to the current RSS (Linux >= 4.0)
 
 
 def _cpu_s() -> float:
@@ -61,7 +71,8 @@ def _run(path: str, decoder_name: str, task: str, repeats: int, segment_seconds:
     fps, size, mode = TASKS[task]
     info = video.probe(path)
     plan = SegmentPlan.build(info.duration, segment_seconds, overlap)
-    before, cpu_before = _rss_mb(), _cpu_s()
+    _reset_peak_rss()
+    before, cpu_before = _status_mb("VmRSS"), _cpu_s()
     walls, frames = [], 0
     for _ in range(repeats):
         start, frames = time.perf_counter(), 0
@@ -70,7 +81,7 @@ def _run(path: str, decoder_name: str, task: str, repeats: int, segment_seconds:
         walls.append(time.perf_counter() - start)
     median = statistics.median(walls)
     cpu = (_cpu_s() - cpu_before) / repeats
-    return Result(decoder_name, task, frames, median, min(walls), cpu, frames / median, _rss_mb() - before)
+    return Result(decoder_name, task, frames, median, min(walls), cpu, frames / median, _status_mb("VmHWM") - before)
 
 
 def main() -> None:

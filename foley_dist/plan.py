@@ -1,0 +1,485 @@
+"""Resource planner: model x precision x resolution x duration x GPUs -> memory per stage, time shares,
+layout, and whether it fits.
+
+Everything is analytic: parameter counts come from the part configs (meta device, no weights), memory
+from the tensor shapes one segment produces, time from matrix-product FLOPs. Memory per stage is
+
+    weights      parameter count x bytes per element, for the parts the stage builds
+                 (`stage_parts`: the DiT is built on fusion and diffusion ranks alike)
+    activations  the largest working set while the stage handles one segment: decoded frames at model
+                 resolution + one encode batch (vision), text + conditioning (fusion), the DiT over
+                 the CFG batch, or the audio decoder's largest feature maps (diffusion)
+    decoder      host memory of video decoding: decoded source frames (YUV 4:2:0, 1.5 W H bytes)
+                 that FFmpeg keeps alive, which is the only term that grows with source resolution
+
+Nothing grows with video length (DESIGN.md invariant 3): duration only sets the number of segments.
+
+Precision: `bf16` plans the DiT with bf16 weights and activations (the official release runs it so);
+the encoders, the sampler state and the audio decoder stay fp32. The runtime today keeps fp32
+weights and autocasts the DiT, which costs fp32 weight memory (see the report of `plan`).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+import torch
+from hydra.core.config_store import ConfigStore
+
+from foley_dist import config
+from foley_dist.autolayout import choose_layout
+from foley_dist.config import ModelConfig, VisionConfig
+from foley_dist.errors import FoleyError
+from foley_dist.models.clap import text_param_count
+from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
+from foley_dist.models.foley import ModelSpec, stage_parts
+from foley_dist.models.hunyuan_cost import TokenCounts, condition_flops, param_count, velocity_flops
+from foley_dist.models.hunyuan_layers import swiglu_hidden
+from foley_dist.models.siglip import VisualEncoderConfig, visual_param_count
+from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig, sync_windows
+from foley_dist.output import write_json_atomic
+from foley_dist.schedule import STAGES, Topology
+from foley_dist.segments import SegmentPlan
+from foley_dist.tiling import TileGrid, plan_grid
+from foley_dist.video import probe
+
+# --- calibration constants (scripts/calibrate_plan.py; CPU, torch 2.13, glibc malloc) ---------------
+# Resident memory of a process after `import foley_dist.stages` (torch, transformers, PyAV), before
+# any model exists. Every rank pays it in host RAM; it is not GPU memory.
+FRAMEWORK_RSS = 355e6
+# Measured peak / structural estimate of layer activations. The structural count keeps only the
+# largest tensors alive at once (see `_vit_layer`, `_dit_activations`); the rest (norm outputs,
+# views made contiguous, allocator rounding) is this factor.
+ACTIVATION_FACTOR = 1.0
+# Source frames the decoder keeps besides the one being converted (references, frame threads).
+DECODER_FRAMES = 4
+# Not measured here (no GPU in the calibration run): CUDA context + cuBLAS/cuDNN workspaces, the
+# usual ~0.5 GB of an H100 process before any tensor.
+CUDA_CONTEXT = 0.5e9
+
+BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
+VISUAL_BATCH = 32  # VisualEncoder.encode_batch_size default: frames per SigLIP forward
+RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080),
+               "1440p": (2560, 1440), "2160p": (3840, 2160), "4k": (3840, 2160)}
+_UNITS = {"": 1e9, "g": 1e9, "gb": 1e9, "gib": 2**30, "m": 1e6, "mb": 1e6, "mib": 2**20, "t": 1e12, "tb": 1e12,
+          "tib": 2**40}
+
+
+@dataclass
+class PlanConfig:
+    """`foley-dist plan` settings; `video` fills resolution and duration unless they are given."""
+
+    video: Optional[str] = None
+    resolution: Optional[str] = None  # 360p ... 2160p, 4k, or WIDTHxHEIGHT
+    duration: Optional[float] = None  # seconds
+    gpus: int = 1
+    gpu_memory: str = "80GB"  # per GPU; GB = 1e9 bytes (an "80GB" card holds ~85e9: planning errs low)
+    precision: str = "auto"  # auto (bf16: the planner plans for GPUs) | fp32 | bf16 | fp16
+    segment_seconds: float = 5.0
+    overlap_seconds: float = 1.0
+    json: Optional[str] = None  # also write the plan as JSON here
+    vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
+
+
+# --- parameters ---------------------------------------------------------------------------------
+
+
+def part_params(spec: ModelSpec) -> dict[str, int]:
+    """Parameter count of every model part (the sync encoder and VAE are counted on the meta device)."""
+    with torch.device("meta"):
+        sync = sum(p.numel() for p in SyncEncoder(spec.sync).parameters())
+        vae = sum(p.numel() for p in AudioDecoder(spec.vae).parameters())
+    return {"visual": visual_param_count(spec.visual), "sync": sync, "text": text_param_count(spec.text),
+            "dit": param_count(spec.dit), "vae": vae}
+
+
+def weight_dtype(part: str, precision: str) -> str:
+    """Only the DiT follows `precision`; encoders and the audio decoder are fp32 as in the release."""
+    return precision if part == "dit" else "fp32"
+
+
+# --- activations ------------------------------------------------------------------------------------
+
+
+def _vit_layer(tokens: int, width: int, hidden: int) -> int:
+    """Elements alive in a pre-norm Transformer layer's MLP: residual, norm output, fc1 and its activation."""
+    return tokens * (2 * width + 2 * hidden)
+
+
+def visual_activations(cfg: VisualEncoderConfig, batch: int) -> int:
+    """Bytes of one SigLIP encode batch (fp32): normalised pixels (two temporaries) + the widest layer."""
+    tokens = (cfg.image_size // cfg.patch_size) ** 2
+    return 4 * batch * (2 * 3 * cfg.image_size**2 + _vit_layer(tokens, cfg.hidden, cfg.intermediate))
+
+
+def sync_activations(cfg: SyncEncoderConfig, frames: int) -> int:
+    """Bytes of one Synchformer window batch (fp32): the float windows + divided attention, whose
+    regrouping copies keep ~12 token-widths alive (x, norm, qkv, regrouped q/k/v, CLS-prefixed k/v, output)."""
+    b = min(cfg.window_batch_size, sync_windows(frames, cfg))
+    tokens = 1 + cfg.tokens_per_window * cfg.grid**2
+    windows = 3 * cfg.window * cfg.image_size**2
+    return 4 * b * (windows + max(12 * tokens * cfg.dim, _vit_layer(tokens, cfg.dim, cfg.dim * cfg.mlp_ratio)))
+
+
+def sync_phase(cfg: SyncEncoderConfig, seconds: float) -> int:
+    """Sync frames as decoded, resampled onto the 25 fps grid (a copy) and tail-padded to whole
+    windows (another copy when padding is needed), plus one window batch."""
+    frames = round(seconds * cfg.fps)
+    needed = cfg.stride * (sync_windows(frames, cfg) - 1) + cfg.window
+    frame = 3 * cfg.image_size**2
+    return (2 * frames + (needed if needed > frames else 0)) * frame + sync_activations(cfg, frames)
+
+
+def tile_grid(vision: VisionConfig, width: int, height: int) -> TileGrid:
+    return plan_grid(height, width, vision.tile_size, vision.overlap_ratio)
+
+
+def tiles_phase(spec: ModelSpec, grid: TileGrid, vision: VisionConfig) -> int:
+    """Tiled visual encoding of one frame at a time: the working frame's crops resized through float
+    (tile in and S x S out, fp32, plus uint8 results), the queue of pending images (and its
+    concatenated copy) and one SigLIP batch of `tile_batch` images."""
+    n, side, tile = grid.images_per_frame, spec.visual.image_size, min(vision.tile_size, grid.height, grid.width)
+    resize = 3 * (4 * grid.height * grid.width + n * (5 * tile**2 + 5 * side**2))
+    queue = 2 * 3 * side**2 * (vision.tile_batch + n)
+    return resize + queue + visual_activations(spec.visual, vision.tile_batch)
+
+
+def vision_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode: str,
+                  vision: VisionConfig | None = None) -> tuple[int, int]:
+    """(activations, decoder) bytes of the vision stage on one segment; the visual and sync passes
+    run one after the other, so activations are the larger pass. `mode`:
+
+    model: frames scaled to model resolution inside the decoder (foley_dist.video, the default).
+    naive: every sampled frame kept as full-resolution RGB and resized afterwards (what a pipeline
+           without decoder-side scaling does); its largest (sync) pass dominates the decoder term.
+    tiled: foley_dist.tiling: one working-resolution frame at a time, tiles encoded `tile_batch` at once."""
+    vision = vision or VisionConfig()
+    visual_frames, sync_frames = round(seconds * spec.visual_fps), round(seconds * spec.sync_fps)
+    decoder = decoder_bytes(width, height)
+    if mode == "tiled":
+        grid = tile_grid(vision, width, height)
+        visual = tiles_phase(spec, grid, vision)
+        decoder += 3 * grid.height * grid.width  # the working frame as the scaler returns it
+    else:
+        visual = visual_frames * 3 * spec.visual.image_size**2 + visual_activations(spec.visual, min(VISUAL_BATCH, visual_frames))
+    if mode == "naive":
+        decoder += max(visual_frames, sync_frames) * 3 * width * height
+    elif mode not in ("model", "tiled"):
+        raise ValueError(f"unknown decode mode {mode!r}")
+    return max(visual, sync_phase(spec.sync, seconds)), decoder
+
+
+def decoder_bytes(width: int, height: int) -> int:
+    """Host memory of the video decoder: the frame being converted + the ones it keeps (YUV 4:2:0)."""
+    return int((1 + DECODER_FRAMES) * 1.5 * width * height)
+
+
+def text_activations(spec: ModelSpec) -> int:
+    """CLAP on [negative, prompt] (fp32, eager attention): the widest layer + attention scores."""
+    c, tokens = spec.text, 2 * spec.dit.text_length
+    scores = 2 * c.heads * spec.dit.text_length**2
+    return 4 * (_vit_layer(tokens, c.hidden, c.intermediate) + scores)
+
+
+def conditioning_bytes(spec: ModelSpec, seconds: float, batch: int = 2) -> int:
+    """fp32 conditioning the fusion stage sends and the diffusion stage keeps: text, visual, sync."""
+    n = TokenCounts.for_seconds(spec.dit, seconds)
+    return 4 * batch * (n.text + n.visual + n.sync) * spec.dit.hidden_size
+
+
+def fusion_activations(spec: ModelSpec, seconds: float) -> int:
+    """The larger of the (cached, once per prompt) text encode and the condition projections, whose
+    widest op is the sync SwiGLU over the CFG batch; plus the conditioning it outputs."""
+    n, c = TokenCounts.for_seconds(spec.dit, seconds), spec.dit.hidden_size
+    sync_in = 4 * 2 * n.sync * (2 * c + 3 * swiglu_hidden(4 * c))
+    return max(text_activations(spec), sync_in) + conditioning_bytes(spec, seconds)
+
+
+def dit_activations(spec: ModelSpec, seconds: float, precision: str, batch: int = 2) -> int:
+    """One velocity call over the CFG batch: the widest block (triple-stream MLP over audio + visual
+    tokens, or single-stream conv SwiGLU over audio tokens) + the per-call sync and token-vector tensors.
+    Attention is assumed to run in a fused kernel (flash / memory-efficient / CPU flash): no L x L scores."""
+    cfg, n = spec.dit, TokenCounts.for_seconds(spec.dit, seconds)
+    c, b = cfg.hidden_size, BYTES[precision]
+    triple = (n.audio + n.visual) * (3 * c + 2 * int(c * cfg.mlp_ratio))
+    single = n.audio * (3 * c + 3 * swiglu_hidden(c * cfg.mlp_ratio))
+    per_call = 3 * n.audio * c  # interpolated sync, audio stream, token vector
+    return batch * b * (max(triple, single) + per_call)
+
+
+def vae_activations(cfg: DacDecoderConfig, latent_frames: int) -> int:
+    """fp32 audio decoder: ~5 feature maps of the largest (channels x length) block are alive at once
+    (residual input, Snake's temporaries, conv output)."""
+    length, widest = latent_frames, cfg.decoder_dim * latent_frames
+    for i, rate in enumerate(cfg.decoder_rates):
+        length *= rate
+        widest = max(widest, cfg.decoder_dim // 2 ** (i + 1) * length)
+    return 4 * 5 * widest
+
+
+def diffusion_activations(spec: ModelSpec, seconds: float, precision: str) -> int:
+    latent_frames = round(seconds * spec.latent_rate)
+    sampler = 4 * 4 * 2 * spec.dit.audio_vae_latent_dim * latent_frames  # x, [x; x], v, guided v (fp32)
+    work = max(dit_activations(spec, seconds, precision), vae_activations(spec.vae, latent_frames))
+    return conditioning_bytes(spec, seconds) + sampler + work
+
+
+# --- FLOPs (matrix products only, 2 per multiply-add, like models/hunyuan_cost.py) ------------------
+
+
+def visual_flops(cfg: VisualEncoderConfig, frames: int) -> int:
+    """SigLIP: patch embedding, layers, attention-pooling head (one probe query)."""
+    n, d, i = (cfg.image_size // cfg.patch_size) ** 2, cfg.hidden, cfg.intermediate
+    per_frame = (n * 3 * cfg.patch_size**2 * d + cfg.layers * (n * (4 * d * d + 2 * d * i) + 2 * n * n * d)
+                 + 2 * n * d * d + 2 * n * d + 2 * d * d + 2 * d * i)
+    return 2 * frames * per_frame
+
+
+def sync_flops(cfg: SyncEncoderConfig, frames: int) -> int:
+    """Synchformer per window: 3-D patch embedding, divided space-time blocks, per-tubelet pooling."""
+    t, g2, d, m = cfg.tokens_per_window, cfg.grid**2, cfg.dim, cfg.dim * cfg.mlp_ratio
+    n = 1 + t * g2
+    attention = 2 * (2 * n * d) + 2 * g2 * t * (t + 1) * d + 2 * t * g2 * (g2 + 1) * d  # CLS rows, time, space
+    block = 8 * n * d * d + 2 * n * d * m + attention
+    pool = t * ((g2 + 1) * (4 * d * d + 2 * d * m) + 2 * (g2 + 1) ** 2 * d)
+    per_window = t * g2 * 3 * cfg.tubelet * cfg.patch_size**2 * d + cfg.depth * block + pool
+    return 2 * sync_windows(frames, cfg) * per_window
+
+
+def vae_flops(cfg: DacDecoderConfig, latent_frames: int) -> int:
+    """Audio decoder convolutions: input convs, per block a transposed conv + three residual units."""
+    length, dim = latent_frames, cfg.decoder_dim
+    macs = length * cfg.latent_dim**2 + length * cfg.latent_dim * dim * 7
+    for rate in cfg.decoder_rates:
+        macs += length * dim * (dim // 2) * 2 * rate
+        length, dim = length * rate, dim // 2
+        macs += 3 * length * dim * dim * (7 + 1)
+    return 2 * (macs + length * dim * 7)
+
+
+def stage_flops(spec: ModelSpec, seconds: float, steps: int, guidance_scale: float, images_per_frame: int = 1) -> dict[str, int]:
+    """FLOPs per segment and stage. Fusion's text encoding is cached per prompt and left out;
+    tiling encodes `images_per_frame` SigLIP images per visual frame."""
+    branches = 2 if guidance_scale > 1 else 1
+    return {
+        "vision": visual_flops(spec.visual, images_per_frame * round(seconds * spec.visual_fps))
+        + sync_flops(spec.sync, round(seconds * spec.sync_fps)),
+        "fusion": 2 * condition_flops(spec.dit, seconds),
+        "diffusion": branches * steps * velocity_flops(spec.dit, seconds)
+        + vae_flops(spec.vae, round(seconds * spec.latent_rate)),
+    }
+
+
+# --- per stage and per rank ---------------------------------------------------------------------------
+
+
+@dataclass
+class StageEstimate:
+    """Bytes and FLOPs of one stage on one segment."""
+
+    stage: str
+    parts: tuple[str, ...]
+    weights: int
+    activations: int  # peak working set beyond the weights, on the stage's device
+    decoder: int  # host memory of video decoding (vision only)
+    flops: int
+
+    def cpu_rss(self) -> int:
+        """Peak RSS of a CPU process running only this stage: the decoder term is added to the
+        activations rather than maxed with them (conservative by at most the decoder term)."""
+        return int(FRAMEWORK_RSS + self.weights + ACTIVATION_FACTOR * self.activations + self.decoder)
+
+    def gpu_bytes(self) -> int:
+        return int(CUDA_CONTEXT + self.weights + ACTIVATION_FACTOR * self.activations)
+
+
+def weight_bytes(params: dict[str, int], parts: tuple[str, ...], precision: str) -> int:
+    return sum(params[p] * BYTES[weight_dtype(p, precision)] for p in parts)
+
+
+def estimate_stages(spec: ModelSpec, precision: str, seconds: float, width: int, height: int, steps: int,
+                    guidance_scale: float, vision: VisionConfig | None = None,
+                    params: dict[str, int] | None = None) -> dict[str, StageEstimate]:
+    vision = vision or VisionConfig()
+    params = params or part_params(spec)
+    mode = "tiled" if vision.tiling else "model"
+    images = tile_grid(vision, width, height).images_per_frame if vision.tiling else 1
+    flops = stage_flops(spec, seconds, steps, guidance_scale, images)
+    vision_act, decoder = vision_memory(spec, seconds, width, height, mode, vision)
+    activations = {"vision": vision_act, "fusion": fusion_activations(spec, seconds),
+                   "diffusion": diffusion_activations(spec, seconds, precision)}
+    return {s: StageEstimate(s, stage_parts((s,)), weight_bytes(params, stage_parts((s,)), precision), activations[s],
+                             decoder if s == "vision" else 0, flops[s]) for s in STAGES}
+
+
+def rank_gpu_bytes(stages: tuple[str, ...], est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> int:
+    """GPU memory of a rank hosting `stages`: each part's weights once (fusion and diffusion share the
+    DiT), the largest stage working set (stages run one after another), the CUDA context."""
+    weights = weight_bytes(params, stage_parts(stages), precision)
+    return int(CUDA_CONTEXT + weights + ACTIVATION_FACTOR * max(est[s].activations for s in stages))
+
+
+def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], precision: str, gpus: int,
+                     segments: int, budget: int) -> list[str]:
+    """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
+
+    choose_layout adds per-stage memory, which counts a shared DiT twice; so the unconstrained best
+    layout is checked exactly first, and only when it does not fit is the (conservative) additive
+    constraint used."""
+    costs = {s: float(e.flops) for s, e in est.items()}
+    layout = choose_layout(costs, gpus, segments)
+    topo = Topology.parse(layout, gpus)
+    if all(rank_gpu_bytes(g.stages, est, params, precision) <= budget for g in topo.groups):
+        return layout
+    memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
+    try:
+        return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT))
+    except FoleyError:
+        heaviest = max(est[s].gpu_bytes() for s in STAGES)
+        raise FoleyError(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU: the stages need "
+                         f"{', '.join(f'{s} {e.gpu_bytes() / 1e9:.1f} GB' for s, e in est.items())}; pass gpus={len(STAGES)} "
+                         f"(one stage per GPU), GPUs with more than {heaviest / 1e9:.1f} GB, or precision=bf16") from None
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'1080p', '4k' or '3840x2160' -> (width, height)."""
+    key = str(text).strip().lower()
+    if key in RESOLUTIONS:
+        return RESOLUTIONS[key]
+    match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", key)
+    if match and int(match.group(1)) > 0 and int(match.group(2)) > 0:
+        return int(match.group(1)), int(match.group(2))
+    raise FoleyError(f"resolution={text!r} is not understood; use one of {', '.join(RESOLUTIONS)} or WIDTHxHEIGHT "
+                     "(e.g. resolution=3840x2160)")
+
+
+def parse_memory(text: str) -> int:
+    """'80GB', '24 GiB', '81920MiB' -> bytes (GB = 1e9, GiB = 2^30; a bare number is GB)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise FoleyError(f"gpu_memory={text!r} is not a memory size; use e.g. gpu_memory=80GB or gpu_memory=24GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16"
+    if precision not in BYTES:
+        raise FoleyError(f"precision={precision!r} is not one of auto, {', '.join(BYTES)}; bf16 is the GPU default")
+    return precision
+
+
+def source(cfg: PlanConfig) -> tuple[int, int, float]:
+    """(width, height, duration): explicit settings first, then the probed video."""
+    info = probe(cfg.video) if cfg.video is not None else None
+    if cfg.resolution is not None:
+        width, height = parse_resolution(cfg.resolution)
+    elif info is not None:
+        width, height = info.width, info.height
+    else:
+        raise FoleyError("no source resolution: pass resolution=1080p (or 3840x2160, ...) or video=PATH")
+    duration = cfg.duration if cfg.duration is not None else (info.duration if info is not None else None)
+    if duration is None:
+        raise FoleyError("no duration: pass duration=SECONDS (e.g. duration=600) or video=PATH")
+    if not duration > 0:
+        raise FoleyError(f"duration={duration} must be > 0 seconds; pass e.g. duration=600 or video=PATH")
+    return width, height, float(duration)
+
+
+# --- the plan -------------------------------------------------------------------------------------------
+
+
+def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int) -> str:
+    side, grid = spec.visual.image_size, tile_grid(vision, width, height)
+    if vision.tiling:
+        return (f"on: {len(grid.boxes)} tiles of {vision.tile_size} px over a {grid.width}x{grid.height} working frame "
+                f"+ the whole frame = {grid.images_per_frame}x the SigLIP work")
+    if not grid.boxes:
+        return f"off: {width}x{height} fits in one {vision.tile_size} px tile; tiling would add nothing"
+    return (f"off (default): the decoder scales {width}x{height} straight to {side}x{side} and no full-size frame "
+            f"exists; vision.tiling=true adds {len(grid.boxes)} tiles per frame for small details, at "
+            f"{grid.images_per_frame}x the SigLIP work")
+
+
+def make_plan(cfg: PlanConfig, spec: ModelSpec | None = None) -> dict:
+    """The plan as a JSON-ready dict; raises FoleyError for configurations that cannot run."""
+    if cfg.gpus < 1:
+        raise FoleyError(f"gpus={cfg.gpus}: the planner needs at least one GPU; pass gpus=1 or more")
+    spec = spec or ModelSpec.named(cfg.model.name)
+    precision = resolve_precision(cfg.precision)
+    width, height, duration = source(cfg)
+    budget = parse_memory(cfg.gpu_memory)
+    segments = len(SegmentPlan.build(duration, cfg.segment_seconds, cfg.overlap_seconds))
+    params = part_params(spec)
+    est = estimate_stages(spec, precision, cfg.segment_seconds, width, height, cfg.model.steps, cfg.model.guidance_scale,
+                          cfg.vision, params)
+    too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
+    if too_big:
+        s = too_big[0]
+        hint = "precision=bf16, " if precision == "fp32" else ""
+        raise FoleyError(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
+                         f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
+    layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
+    total_flops = sum(e.flops for e in est.values())
+    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": rank_gpu_bytes(g.stages, est, params, precision),
+              "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
+             for g in Topology.parse(layout, cfg.gpus).groups]
+    return {
+        "model": spec.name,
+        "precision": precision,
+        "precision_note": "DiT weights and activations in this precision; encoders, sampler state and audio decoder fp32",
+        "source": {"width": width, "height": height, "duration_s": duration, "video": cfg.video},
+        "segments": segments,
+        "segment_seconds": cfg.segment_seconds,
+        "gpus": cfg.gpus,
+        "gpu_memory_bytes": budget,
+        "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
+                       "host_bytes": int(FRAMEWORK_RSS + e.decoder), "time_share": e.flops / total_flops}
+                   for s, e in est.items()},
+        "layout": layout,
+        "ranks": ranks,
+        "fits": all(r["gpu_bytes"] <= budget for r in ranks),
+        "tiling": tiling_advice(spec, cfg.vision, width, height),
+        "calibration": {"framework_rss": FRAMEWORK_RSS, "activation_factor": ACTIVATION_FACTOR,
+                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
+    }
+
+
+def format_plan(plan: dict) -> str:
+    gb, src = 1e9, plan["source"]
+    lines = [
+        f"model {plan['model']}, {plan['precision']} ({plan['precision_note']})",
+        f"source {src['width']}x{src['height']}, {src['duration_s']:.1f} s -> {plan['segments']} segment(s) of "
+        f"{plan['segment_seconds']:g} s; {plan['gpus']} GPU(s) of {plan['gpu_memory_bytes'] / gb:.1f} GB",
+        "",
+        f"{'stage':<10} {'weights GB':>10} {'activ. GB':>10} {'GPU GB':>8} {'host GB':>8} {'GFLOP/seg':>10} {'time':>6}",
+    ]
+    for name, s in plan["stages"].items():
+        lines.append(f"{name:<10} {s['weights'] / gb:>10.3f} {s['activations'] / gb:>10.3f} {s['gpu_bytes'] / gb:>8.2f} "
+                     f"{s['host_bytes'] / gb:>8.2f} {s['flops'] / 1e9:>10.1f} {s['time_share']:>6.1%}")
+    lines += ["", f"layout: {plan['layout']}", f"{'ranks':<8} {'stages':<26} {'GPU GB':>8} {'fits':>5}"]
+    for r in plan["ranks"]:
+        lines.append(f"{','.join(map(str, r['ranks'])):<8} {'+'.join(r['stages']):<26} {r['gpu_bytes'] / gb:>8.2f} "
+                     f"{'yes' if r['gpu_bytes'] <= plan['gpu_memory_bytes'] else 'NO':>5}")
+    lines += [f"tiling: {plan['tiling']}"]
+    return "\n".join(lines)
+
+
+def plan_command(overrides: list[str]) -> int:
+    """`foley-dist plan resolution=2160p duration=600 gpus=4 model=hunyuan_xxl [json=plan.json]`."""
+    cfg = config.load("plan", overrides)
+    plan = make_plan(cfg)
+    print(format_plan(plan), flush=True)
+    if cfg.json:
+        write_json_atomic(cfg.json, plan)
+        print(f"wrote {cfg.json}", flush=True)
+    return 0

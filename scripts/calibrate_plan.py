@@ -1,0 +1,149 @@
+"""Check foley_dist.plan's memory estimates against measured peak RSS per stage on CPU.
+
+Each (model, stage) runs in a fresh process: import foley_dist.stages, read ru_maxrss (the framework
+baseline), build the stage's model parts (random weights), read it again, run the stage on one 5 s
+segment, read the peak. Measured figures are deltas over that baseline, as are the estimates
+(weights + ACTIVATION_FACTOR x activations + decoder), so the framework constant is reported
+separately and does not flatter the comparison. Models: `tiny` and `mid`, a HunyuanVideo-Foley
+layout scaled to run on a laptop CPU (real frame sizes and token counts, fewer layers, hidden 512 DiT).
+
+    python scripts/calibrate_plan.py [--json out/calibration.json]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+
+from foley_dist.models.clap import TextEncoderConfig
+from foley_dist.models.dac_vae import DacDecoderConfig
+from foley_dist.models.foley import ModelSpec
+from foley_dist.models.hunyuan_config import HunyuanDiTConfig
+from foley_dist.models.siglip import VisualEncoderConfig
+from foley_dist.models.synchformer import SyncEncoderConfig
+from foley_dist.models.tokenizer import TINY_VOCAB_SIZE
+
+SECONDS = 5.0
+CLIP_SIZE = (640, 360)
+STEPS = 2  # memory does not depend on the step count; time does
+MB = 1e6
+
+
+def mid_spec() -> ModelSpec:
+    """Real encoder resolutions and widths (512 px SigLIP, 224 px Synchformer, 768-wide CLAP), 2-4
+    layers each; DiT hidden 512 with 4 triple + 8 single blocks; audio decoder at half the release width."""
+    return ModelSpec(
+        "mid",
+        VisualEncoderConfig(layers=2),
+        SyncEncoderConfig(depth=2),
+        TextEncoderConfig(vocab_size=TINY_VOCAB_SIZE, layers=4),
+        HunyuanDiTConfig(depth_triple_blocks=4, depth_single_blocks=8, hidden_size=512, num_heads=8,
+                         depth_single_ssl_encoder=1),
+        DacDecoderConfig(decoder_dim=1024),
+    )
+
+
+SPECS = {"tiny": lambda: ModelSpec.named("tiny"), "mid": mid_spec}
+
+
+def _rss() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+
+
+def child(model: str, stage: str, clip: str) -> None:
+    """Measure one stage in this (fresh) process; prints one JSON line."""
+    import torch
+
+    from foley_dist.config import VisionConfig
+    from foley_dist.message import Message
+    from foley_dist.models.clap import TextEncoder
+    from foley_dist.models.dac_vae import AudioDecoder
+    from foley_dist.models.hunyuan_dit import HunyuanDiT
+    from foley_dist.models.siglip import VisualEncoder
+    from foley_dist.models.synchformer import SyncEncoder
+    from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
+
+    torch.set_num_threads(1)  # the runtime's default (hardware.threads=1)
+    spec, cpu = SPECS[model](), torch.device("cpu")
+    meta = {"video": clip, "segment": 0, "start": 0.0, "end": SECONDS, "seed": 0, "prompt": "rain on a tin roof"}
+    baseline = _rss()
+    torch.manual_seed(0)
+    with torch.inference_mode():
+        if stage == "vision":
+            run = VisionStage(spec, VisualEncoder.from_config(spec.visual), SyncEncoder(spec.sync), "pyav", cpu,
+                              VisionConfig(cache="off"), model)
+            msg = Message(0, {}, meta)
+        elif stage == "fusion":
+            text = TextEncoder.from_config(spec.text, fixed_length=False)
+            run = FusionStage(spec, text, HunyuanDiT(spec.dit), "noisy, harsh")
+            tokens = {"clip_feat": round(SECONDS * spec.visual_fps), "sync_feat": round(SECONDS * 24)}
+            msg = Message(0, {k: torch.randn(1, n, 768) for k, n in tokens.items()}, meta)
+        else:
+            dit = HunyuanDiT(spec.dit)
+            run = DiffusionStage(spec, dit, AudioDecoder(spec.vae), STEPS, 4.5, cpu, None)
+            d = spec.dit
+            cond = dit.condition(torch.randn(2, d.text_length, d.condition_dim), torch.randn(2, round(SECONDS * 8), d.clip_dim),
+                                 torch.randn(2, round(SECONDS * 24), d.sync_feat_dim))
+            msg = Message(0, cond, meta)
+        run.eval().requires_grad_(False)
+        built = _rss()
+        run(msg)
+    print(json.dumps({"baseline": baseline, "built": built, "peak": _rss()}))
+
+
+def measure(model: str, stage: str, clip: str) -> dict:
+    out = subprocess.run([sys.executable, __file__, "--child", model, stage, clip], capture_output=True, text=True)
+    if out.returncode:
+        raise RuntimeError(f"{model} {stage} failed:\n{out.stderr[-3000:]}")
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--models", nargs="+", default=list(SPECS), choices=list(SPECS))
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+
+    from foley_dist import plan
+    from foley_dist.schedule import STAGES
+    from foley_dist.testclip import make_clip
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        clip = str(make_clip(Path(tmp) / "clip.mp4", seconds=SECONDS, width=CLIP_SIZE[0], height=CLIP_SIZE[1], fps=25))
+        for model in args.models:
+            est = plan.estimate_stages(SPECS[model](), "fp32", SECONDS, *CLIP_SIZE, STEPS, 4.5)
+            for stage in STAGES:
+                m, e = measure(model, stage, clip), est[stage]
+                estimate = e.weights + plan.ACTIVATION_FACTOR * e.activations + e.decoder
+                measured = m["peak"] - m["baseline"]
+                rows.append({
+                    "model": model, "stage": stage, "framework_rss_mb": m["baseline"] / MB,
+                    "weights_est_mb": e.weights / MB, "weights_meas_mb": (m["built"] - m["baseline"]) / MB,
+                    "work_est_mb": (plan.ACTIVATION_FACTOR * e.activations + e.decoder) / MB,
+                    "work_meas_mb": (m["peak"] - m["built"]) / MB,
+                    "estimate_mb": estimate / MB, "measured_mb": measured / MB, "error": estimate / measured - 1,
+                })
+                r = rows[-1]
+                print(f"{model:<5} {stage:<10} weights {r['weights_est_mb']:8.1f} / {r['weights_meas_mb']:8.1f}   "
+                      f"work {r['work_est_mb']:8.1f} / {r['work_meas_mb']:8.1f}   total {r['estimate_mb']:8.1f} / "
+                      f"{r['measured_mb']:8.1f} MB  ({r['error']:+.1%})   baseline {r['framework_rss_mb']:.0f} MB", flush=True)
+    print(f"\nestimate / measured, MB over the import baseline (FRAMEWORK_RSS = {plan.FRAMEWORK_RSS / MB:.0f} MB, "
+          f"ACTIVATION_FACTOR = {plan.ACTIVATION_FACTOR}); worst error {max(abs(r['error']) for r in rows):.1%}")
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "framework_rss": plan.FRAMEWORK_RSS,
+                                               "activation_factor": plan.ACTIVATION_FACTOR}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
