@@ -50,10 +50,12 @@ def _print_summary(report: dict, written: str) -> None:
 def generate(overrides: list[str]) -> int:
     from foley_dist.jobs import generate_jobs
     from foley_dist.output import write_json_atomic
-    from foley_dist.runtime import run
 
     cfg = config.load("generate", overrides)
-    outcome = run(cfg, generate_jobs(cfg))
+    jobs = generate_jobs(cfg)  # validates the input before the heavy model imports
+    from foley_dist.runtime import run
+
+    outcome = run(cfg, jobs)
     if outcome is None:
         return 0
     status = outcome.status.get(0, {"status": "failed", "reason": "no audio was produced"})

@@ -22,9 +22,9 @@ from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.message import Message
 from foley_dist.metrics import Recorder, RankStats, chrome_trace, summarize
-from foley_dist.models.foley import ModelSpec, build_parts, stage_parts
+from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.output import write_json_atomic
-from foley_dist.schedule import STAGES, Action, Topology, build_schedule, peers
+from foley_dist.schedule import STAGES, Action, Topology, build_schedule, expand_layout, peers
 from foley_dist.sink import Sink, finished_segments
 from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
 
@@ -119,11 +119,12 @@ class Outcome:
 def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome | None:
     """Run `jobs` through the pipeline on this rank. Returns the outcome on the sink rank, else None."""
     env = transport.detect_env(cfg.hardware.device)
-    layout = cfg.layout.ranks if env.world_size > 1 else ["+".join(STAGES)]
-    topo = Topology.parse(layout, env.world_size)
+    expand_layout(cfg.layout.ranks)  # a bad layout is an error even where one process runs every stage
+    topo = Topology.parse(cfg.layout.ranks if env.world_size > 1 else ["+".join(STAGES)], env.world_size)
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
     spec = ModelSpec.named(cfg.model.name)
+    weights_root(spec, cfg.model)
     names = topo.stages_of(env.rank)
     is_sink = env.rank == topo.sink
 

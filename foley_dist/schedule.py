@@ -39,25 +39,7 @@ class Topology:
     @classmethod
     def parse(cls, layout: Sequence[str], world_size: int) -> "Topology":
         """Validate `layout` against the pipeline's stage order and WORLD_SIZE."""
-        entries: list[tuple[str, ...]] = []
-        for raw in layout:
-            match = _ENTRY.fullmatch(str(raw).replace(" ", ""))
-            stages = tuple(match.group(1).split("+")) if match else ()
-            unknown = [s for s in stages if s not in STAGES]
-            if not match or unknown:
-                raise FoleyError(
-                    f"layout entry {raw!r} is not 'stage[+stage...][ xK]' with stages {', '.join(STAGES)}, e.g. 'diffusion x3'"
-                )
-            times = match.group(2)
-            if times is not None and int(times) < 1:
-                raise FoleyError(f"layout entry {raw!r}: replica count after 'x' must be a positive integer")
-            entries += [stages] * int(times or 1)
-        flat = [s for e in _dedupe_consecutive(entries) for s in e]
-        if flat != list(STAGES):
-            raise FoleyError(
-                f"layout {list(layout)} must cover each stage exactly once, in the order {' -> '.join(STAGES)} "
-                "(replicas of one entry must be adjacent), e.g. [vision,fusion,diffusion] or [vision+fusion,'diffusion x3']"
-            )
+        entries = expand_layout(layout)
         if len(entries) != world_size:
             raise FoleyError(
                 f"layout {list(layout)} needs {len(entries)} rank(s) but WORLD_SIZE is {world_size}; "
@@ -82,6 +64,30 @@ class Topology:
     def describe(self) -> str:
         return ", ".join(f"{'+'.join(g.stages)} on rank{'s' if len(g.ranks) > 1 else ''} {','.join(map(str, g.ranks))}"
                          for g in self.groups)
+
+
+def expand_layout(layout: Sequence[str]) -> list[tuple[str, ...]]:
+    """One tuple of stage names per rank; checks entry syntax and that the stages appear once, in order."""
+    entries: list[tuple[str, ...]] = []
+    for raw in layout:
+        match = _ENTRY.fullmatch(str(raw).replace(" ", ""))
+        stages = tuple(match.group(1).split("+")) if match else ()
+        unknown = [s for s in stages if s not in STAGES]
+        if not match or unknown:
+            raise FoleyError(
+                f"layout entry {raw!r} is not 'stage[+stage...][ xK]' with stages {', '.join(STAGES)}, e.g. 'diffusion x3'"
+            )
+        times = match.group(2)
+        if times is not None and int(times) < 1:
+            raise FoleyError(f"layout entry {raw!r}: replica count after 'x' must be a positive integer")
+        entries += [stages] * int(times or 1)
+    flat = [s for e in _dedupe_consecutive(entries) for s in e]
+    if flat != list(STAGES):
+        raise FoleyError(
+            f"layout {list(layout)} must cover each stage exactly once, in the order {' -> '.join(STAGES)} "
+            "(replicas of one entry must be adjacent), e.g. [vision,fusion,diffusion] or [vision+fusion,'diffusion x3']"
+        )
+    return entries
 
 
 def _dedupe_consecutive(entries: list[tuple[str, ...]]) -> list[tuple[str, ...]]:

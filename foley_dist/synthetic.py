@@ -26,7 +26,7 @@ from foley_dist import transport
 from foley_dist.message import Message
 from foley_dist.metrics import RankStats, Recorder
 from foley_dist.runtime import end_of_stream, execute
-from foley_dist.schedule import Topology, build_schedule, peers
+from foley_dist.schedule import Action, Topology, build_schedule, peers
 
 SAMPLE_RATE = 48_000
 SEGMENT_SECONDS = 5.0
@@ -48,16 +48,18 @@ def _value(msg: Message) -> float:
 
 
 class SyntheticStage(nn.Module):
-    """A stage that costs `seconds` of wall time per segment and emits `OUTPUTS[name]`."""
+    """A stage that costs `seconds` of wall time per segment and emits `outputs` (default OUTPUTS[name])."""
 
-    def __init__(self, name: str, seconds: float, device: torch.device = torch.device("cpu")):
+    def __init__(self, name: str, seconds: float, device: torch.device = torch.device("cpu"),
+                 outputs: dict[str, tuple[int, ...]] | None = None):
         super().__init__()
         self.name, self.seconds, self.device = name, seconds, device
+        self.outputs = outputs or OUTPUTS[name]
 
     def forward(self, msg: Message) -> Message:
         deadline = time.perf_counter() + self.seconds
         value = _value(msg) + 1
-        out = {k: torch.full(shape, value, dtype=torch.float32, device=self.device) for k, shape in OUTPUTS[self.name].items()}
+        out = {k: torch.full(shape, value, dtype=torch.float32, device=self.device) for k, shape in self.outputs.items()}
         time.sleep(max(0.0, deadline - time.perf_counter()))
         return Message(msg.segment, out, msg.meta)
 
@@ -104,11 +106,12 @@ class RankResult:
 
 
 def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: dict[int, float] | None = None,
-             max_inflight: int = 2, timeout_s: float = 60.0) -> RankResult:
+             max_inflight: int = 2, timeout_s: float = 60.0, schedule: dict[int, list[Action]] | None = None) -> RankResult:
     """Run the synthetic pipeline on this rank (env from torchrun or tests.distributed.ranks).
 
-    Uses the production schedule, runtime.execute and Transport; only the stages are synthetic.
-    The clock starts after a barrier, so process start-up and rendezvous are not measured.
+    Uses runtime.execute and Transport with the production schedule (or `schedule`, to try another
+    order); only the stages are synthetic. The clock starts after a barrier, so process start-up and
+    rendezvous are not measured.
     """
     env = transport.detect_env("cpu")
     topo = Topology.parse(layout, env.world_size)
@@ -121,7 +124,7 @@ def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: d
         dist.barrier()
     rec = Recorder(env.rank, list(names), env.device)
     start = time.time()
-    execute(build_schedule(topo, num_items)[env.rank], stages, work_items(num_items), tr, rec, sink)
+    execute((schedule or build_schedule(topo, num_items))[env.rank], stages, work_items(num_items), tr, rec, sink)
     if tr is not None:
         end_of_stream(tr, *peers(topo, env.rank), rec)
     end = time.time()

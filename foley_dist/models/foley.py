@@ -100,14 +100,21 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device)
     return dit
 
 
+def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:
+    """The release folder for official weights (checked before any rank loads anything); None for tiny."""
+    if spec.name == "tiny":
+        return None
+    if not cfg.path:
+        raise FoleyError(f"model={spec.name} needs model.path=DIR pointing at the downloaded release (see README.md)")
+    root = Path(cfg.path)
+    if not root.is_dir():
+        raise FoleyError(f"model.path={root} is not a directory; point it at the downloaded release (see README.md)")
+    return root
+
+
 def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device) -> dict[str, nn.Module]:
     """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`."""
-    if spec.name != "tiny":
-        if not cfg.path:
-            raise FoleyError(f"model={spec.name} needs model.path=DIR pointing at the downloaded release (see README.md)")
-        root = Path(cfg.path)
-        if not root.is_dir():
-            raise FoleyError(f"model.path={root} is not a directory; point it at the downloaded release (see README.md)")
+    root = weights_root(spec, cfg)
     out = {}
     for part in parts:
         module = _tiny_part(spec, part, cfg.init_seed) if spec.name == "tiny" else _official_part(spec, part, root, device)
