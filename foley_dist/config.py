@@ -75,6 +75,8 @@ class RunConfig:
     trace: Optional[str] = None  # Chrome/Perfetto trace path
     progress: bool = True
     mux: bool = False  # also write a copy of the video with the generated audio track
+    seam: str = "crossfade"  # crossfade (independent segments) | continuation (each continues the previous)
+    seam_metric: bool = True  # measure loudness/spectral jumps at segment boundaries into the report
     vision: VisionConfig = field(default_factory=VisionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)

@@ -53,6 +53,8 @@ FRAMEWORK_RSS = 355e6
 # largest tensors alive at once (see `_vit_layer`, `_dit_activations`); the rest (norm outputs,
 # views made contiguous, allocator rounding) is this factor.
 ACTIVATION_FACTOR = 1.0
+# One-off allocations of a stage's first forward (BLAS/oneDNN buffers, codec contexts).
+RUNTIME_OVERHEAD = 0
 # Source frames the decoder keeps besides the one being converted (references, frame threads).
 DECODER_FRAMES = 4
 # Not measured here (no GPU in the calibration run): CUDA context + cuBLAS/cuDNN workspaces, the
@@ -293,7 +295,7 @@ class StageEstimate:
     def cpu_rss(self) -> int:
         """Peak RSS of a CPU process running only this stage: the decoder term is added to the
         activations rather than maxed with them (conservative by at most the decoder term)."""
-        return int(FRAMEWORK_RSS + self.weights + ACTIVATION_FACTOR * self.activations + self.decoder)
+        return int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + self.weights + ACTIVATION_FACTOR * self.activations + self.decoder)
 
     def gpu_bytes(self) -> int:
         return int(CUDA_CONTEXT + self.weights + ACTIVATION_FACTOR * self.activations)

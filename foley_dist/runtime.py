@@ -56,7 +56,7 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
                                       model_id=f"{cfg.model.name}:{cfg.model.path or cfg.model.init_seed}"),
         "fusion": lambda: FusionStage(spec, parts["text"], parts["dit"], cfg.model.negative_prompt),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
-                                            device, autocast_dtype(cfg.hardware.precision, device)),
+                                            device, autocast_dtype(cfg.hardware.precision, device), cfg.seam),
     }
     return [make[n]() for n in names]
 
@@ -125,11 +125,16 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
         torch.set_num_threads(cfg.hardware.threads)
     spec = ModelSpec.named(cfg.model.name)
     weights_root(spec, cfg.model)
+    if cfg.seam == "continuation" and len(topo.groups[-1].ranks) > 1:
+        raise FoleyError("seam=continuation samples segments one after another, so diffusion replicas would idle; "
+                         "give the diffusion stage one rank, or use seam=crossfade")
     names = topo.stages_of(env.rank)
     is_sink = env.rank == topo.sink
 
     transport.init(env, cfg.hardware.timeout_s)
-    local = {j: finished_segments(job) for j, job in enumerate(jobs)} if is_sink else None
+    # continuation needs the previous segment's latents, which a new process does not have: resume whole jobs only
+    resumable = is_sink and cfg.seam != "continuation"
+    local = {j: finished_segments(job) for j, job in enumerate(jobs)} if resumable else {}
     done = transport.broadcast_object(local, topo.sink, env.world_size)
     items = work_items(jobs, done)
     rec = Recorder(env.rank, list(names), env.device)
@@ -139,7 +144,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device)
     tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
-    sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.mux, journal) if is_sink else None
+    sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.mux, cfg.seam_metric, journal) if is_sink else None
     start = time.time()
     try:
         execute(build_schedule(topo, len(items))[env.rank], stages, items, tr, rec, sink)
@@ -154,11 +159,11 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
     gathered = transport.gather_objects(rec.finish(), topo.sink, env.world_size)
     if not is_sink:
         return None
-    return Outcome(build_report(cfg, topo, jobs, gathered, time.time() - start, resumed), sink.status)
+    return Outcome(build_report(cfg, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)
 
 
 def build_report(cfg: RunConfig, topo: Topology, jobs: list[Job], ranks: list[RankStats], wall_s: float,
-                 resumed: int) -> dict:
+                 resumed: int, status: dict[int, dict]) -> dict:
     report = {
         "model": cfg.model.name,
         "layout": [{"stages": list(g.stages), "ranks": list(g.ranks)} for g in topo.groups],
@@ -170,10 +175,11 @@ def build_report(cfg: RunConfig, topo: Topology, jobs: list[Job], ranks: list[Ra
                 "video": j.video, "output": j.output, "prompt": j.prompt, "seed": j.seed,
                 "duration_s": j.info.duration, "size": [j.info.width, j.info.height], "fps": j.info.fps,
                 "segments": [[s.start, s.end] for s in j.plan.segments],
+                **({"seams": status[i]["seams"]} if "seams" in status.get(i, {}) else {}),
             }
-            for j in jobs
+            for i, j in enumerate(jobs)
         ],
-        "settings": {"segment_seconds": cfg.segment_seconds, "overlap_seconds": cfg.overlap_seconds,
+        "settings": {"segment_seconds": cfg.segment_seconds, "overlap_seconds": cfg.overlap_seconds, "seam": cfg.seam,
                      "steps": cfg.model.steps, "guidance_scale": cfg.model.guidance_scale, "decoder": cfg.decoder,
                      "precision": cfg.hardware.precision},
         **summarize(ranks),

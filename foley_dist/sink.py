@@ -16,12 +16,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+import soundfile as sf
 from tqdm import tqdm
 
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.message import Message
 from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic
+from foley_dist.seam import seam_report
 from foley_dist.stitch import Stitcher
 
 
@@ -55,6 +57,18 @@ def finished_segments(job: Job) -> set[int]:
     return {int(p.stem[3:]) for p in d.glob("seg*.npy")} if d.is_dir() else set()
 
 
+def seam_times(job: Job) -> list[float]:
+    """Where one segment hands over to the next: the middle of each overlap."""
+    segs = job.plan.segments
+    return [round((b.start + a.end) / 2, 6) for a, b in zip(segs, segs[1:])]
+
+
+def measure_seams(job: Job, sample_rate: int) -> dict:
+    """The seam metric of a finished output (read back: it holds one job's audio, not the video)."""
+    audio, _ = sf.read(job.output, dtype="float32")
+    return seam_report(audio, sample_rate, seam_times(job))
+
+
 @dataclass
 class JobState:
     stitcher: Stitcher
@@ -67,8 +81,9 @@ class Sink:
     """Stitches each job's segments in order and streams the result to its output file."""
 
     def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool, mux_video: bool,
-                 journal: Path | None = None):
+                 measure_seams: bool, journal: Path | None = None):
         self.jobs, self.sample_rate, self.done, self.mux_video = jobs, sample_rate, done, mux_video
+        self.measure_seams = measure_seams
         self.journal = journal  # finished jobs are appended here as they complete (batch resume)
         self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
         self._open: dict[int, JobState] = {}
@@ -127,6 +142,8 @@ class Sink:
             del self._open[j]
             shutil.rmtree(parts_dir(job), ignore_errors=True)
             entry = {"status": "done", "seconds": round(time.time() - state.started, 3)}
+            if self.measure_seams and len(job.plan) > 1:
+                entry["seams"] = measure_seams(job, self.sample_rate)
             if self.mux_video:
                 entry["muxed"] = str(Path(job.output).with_suffix(".mp4"))
                 try:

@@ -106,7 +106,7 @@ class VisionStage(nn.Module):
                     thumbs.append(thumbnails(frame[None]))
                 yield frame
 
-        clip_feat = encode_tiled(lambda x: self.visual(x)[0], frames(), grid, size, self.vision.tile_batch, self.device)
+        clip_feat = encode_tiled(lambda x: self.visual(x.to(self.device))[0], frames(), grid, size, self.vision.tile_batch)
         return clip_feat, torch.cat(thumbs) if adaptive else None
 
 
@@ -155,6 +155,9 @@ class FusionStage(nn.Module):
         return Message(msg.segment, cond, msg.meta)
 
 
+SEAM_MODES = ("crossfade", "continuation")
+
+
 def segment_noise(seed: int, segment: int, shape: tuple[int, ...]) -> torch.Tensor:
     """Initial latents for one segment: a function of (seed, segment index) only, never of the rank."""
     mixed = int(np.random.SeedSequence([seed, segment]).generate_state(1, dtype=np.uint64)[0] >> 1)
@@ -167,10 +170,25 @@ class DiffusionStage(nn.Module):
     name = "diffusion"
 
     def __init__(self, spec: ModelSpec, dit: nn.Module, vae: nn.Module, steps: int, guidance_scale: float,
-                 device: torch.device, autocast_dtype: torch.dtype | None):
+                 device: torch.device, autocast_dtype: torch.dtype | None, seam: str = "crossfade"):
         super().__init__()
+        if seam not in SEAM_MODES:
+            raise FoleyError(f"seam={seam!r} is not one of {', '.join(SEAM_MODES)}")
         self.spec, self.dit, self.vae = spec, dit, vae
         self.steps, self.guidance_scale, self.device, self.autocast_dtype = steps, guidance_scale, device, autocast_dtype
+        self.seam = seam
+        # continuation: (job, segment index, segment end, final latents) of the last segment sampled
+        self._previous: tuple[int, int, float, torch.Tensor] | None = None
+
+    def _prefix(self, meta: dict, seg: Segment) -> torch.Tensor | None:
+        """The previous segment's final latents over the overlap, if this segment continues it."""
+        if self.seam != "continuation" or self._previous is None:
+            return None
+        job, index, end, latents = self._previous
+        if job != meta["job"] or index != seg.index - 1:
+            return None
+        frames = round((end - seg.start) * self.spec.latent_rate)
+        return latents[..., latents.shape[-1] - frames:] if frames > 0 else None
 
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
@@ -187,6 +205,8 @@ class DiffusionStage(nn.Module):
             with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
                 return self.dit.velocity(x, t, cond).float()
 
-        latents = sample(velocity, noise, steps, guidance_scale)
+        latents = sample(velocity, noise, steps, guidance_scale, prefix=self._prefix(msg.meta, seg))
+        if self.seam == "continuation":
+            self._previous = (msg.meta["job"], seg.index, seg.end, latents)
         audio = self.vae(latents.float())[0].reshape(-1)
-        return Message(msg.segment, {"audio": audio.float()}, msg.meta)
+        return Message(msg.segment, {"audio": audio.float(), "latents": latents[0]}, msg.meta)

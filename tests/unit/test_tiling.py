@@ -112,7 +112,7 @@ def test_batches_never_exceed_tile_batch_and_every_image_is_encoded_once():
         sizes.append(len(x))
         return x.float().mean((1, 2, 3))[:, None].expand(-1, 4)
 
-    out = tiling.encode_tiled(encode, iter(_frames(5)), grid, 16, 4, torch.device("cpu"))
+    out = tiling.encode_tiled(encode, iter(_frames(5)), grid, 16, 4)
     assert out.shape == (1, 5, 4)
     assert max(sizes) <= 4 and sum(sizes) == 5 * grid.images_per_frame
 
@@ -123,7 +123,7 @@ def test_tile_batch_does_not_change_features_and_runs_are_deterministic(encoder:
     frames = _frames(3)
 
     def run(batch: int) -> torch.Tensor:
-        return tiling.encode_tiled(lambda x: encoder(x)[0], iter(frames), grid, 64, batch, torch.device("cpu"))
+        return tiling.encode_tiled(lambda x: encoder(x)[0], iter(frames), grid, 64, batch)
 
     ref = run(16)
     assert ref.shape == (1, 3, 768)

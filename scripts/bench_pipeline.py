@@ -1,0 +1,425 @@
+"""Pipeline benchmark: foley_dist's runtime against its scheduling model, a sequential loop and
+torch.distributed.pipelining, on real gloo ranks.
+
+Parts (--parts):
+  1  foley_dist runtime with synthetic stages (fixed sleep per segment, real tensors) for each world
+     size, on the layout choose_layout picks (memory-bound by --memory/--capacity); also the same run
+     with the sink-first schedule proposed for schedule.build_schedule, and the best layout without a
+     memory limit. ideal_s replays the exact schedule that ran with the stage costs (autolayout.replay);
+     formula_s is DESIGN.md's sum(t) + (M-1) * max(group cost / replicas).
+  2  peers: torch.distributed.pipelining (PipelineStage + ScheduleGPipe, forward only) with the same
+     synthetic stages. It has no replicas: at 3 ranks it runs [vision, fusion, diffusion] (compared with
+     foley_dist on that layout); at every world size it also runs a layer split of diffusion over the
+     spare ranks, which is optimistic for it (a real DiT split would cross ranks every sampling step).
+     The sequential runner is every stage in one process (runtime.execute, no process group).
+  3  the real tiny model end to end on a generated clip: 1 rank, 3 ranks [vision, fusion, diffusion],
+     and choose_layout's layout for 3 ranks from the 1-rank run's measured stage costs (torchrun, gloo).
+  4  transport overhead: Transport.send/recv (header + packed payload) against raw dist.send/recv of the
+     same bytes, median one-way time of ping-pongs.
+
+The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import queue
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch import nn
+
+from foley_dist import autolayout, synthetic, transport
+from foley_dist.message import Message
+from foley_dist.schedule import STAGES, Action, Topology, build_schedule
+
+
+@dataclass
+class Run:
+    part: int
+    runner: str  # foley_dist | torch_pipelining | sequential
+    world_size: int
+    layout: list[str]
+    segments: int
+    measured_s: float
+    ideal_s: float
+    efficiency: float  # ideal_s / measured_s
+    speedup: float | None = None  # sequential measured_s / measured_s
+    formula_s: float | None = None
+    schedule: str = "in-order"
+    note: str = ""
+
+
+def parse_map(text: str) -> dict[str, float]:
+    return {k: float(v) for k, v in (kv.split("=") for kv in text.split(",") if kv)}
+
+
+# --- launching ranks ------------------------------------------------------------------------------
+
+def _entry(rank: int, world: int, port: int, fn, args, results) -> None:
+    os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank), MASTER_ADDR="127.0.0.1",
+                      MASTER_PORT=str(port), OMP_NUM_THREADS="1")
+    torch.set_num_threads(1)
+    try:
+        results.put((rank, fn(*args)))
+    except BaseException:
+        results.put((rank, RuntimeError(f"rank {rank}:\n{traceback.format_exc()}")))
+
+
+def launch(fn, world: int, *args, timeout: float = 600.0) -> list:
+    """fn(*args) on `world` spawned gloo ranks; their return values by rank."""
+    ctx = mp.get_context("spawn")
+    results = ctx.Queue()
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    procs = [ctx.Process(target=_entry, args=(r, world, port, fn, args, results)) for r in range(world)]
+    for p in procs:
+        p.start()
+    out: dict[int, object] = {}
+    deadline = time.monotonic() + timeout
+    try:
+        while len(out) < world:
+            try:
+                rank, value = results.get(timeout=max(0.1, deadline - time.monotonic()))
+            except queue.Empty:
+                raise TimeoutError(f"ranks {sorted(set(range(world)) - set(out))} did not finish in {timeout} s") from None
+            if isinstance(value, BaseException):
+                raise value
+            out[rank] = value
+    finally:
+        for p in procs:
+            p.join(timeout=10)
+            if p.is_alive():
+                p.kill()
+    return [out[r] for r in range(world)]
+
+
+# --- part 1: foley_dist runtime -------------------------------------------------------------------
+
+def sink_first(prog: dict[int, list[Action]], sink: int) -> dict[int, list[Action]]:
+    """The sink computes its own next item before draining the other replicas' earlier results.
+
+    In the production order the sink replica receives items n-k+1..n-1 from its peers before it may
+    compute its own item n, so it starts a full group cost late. Collects stay in item order.
+    """
+    out, pending, step = [], [], []
+    for a in prog[sink]:
+        step.append(a)
+        if a.kind != "collect":
+            continue
+        if any(x.kind == "compute" for x in step):
+            out += step[:-1] + pending + [a]
+            pending = []
+        else:
+            pending += step
+        step = []
+    return {**prog, sink: out + pending}
+
+
+def _rank_costs(topo: Topology, costs: dict[str, float]) -> dict[int, float]:
+    return {r: sum(costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
+
+
+def _program(layout: list[str], world: int, m: int, order: str) -> tuple[Topology, dict[int, list[Action]]]:
+    topo = Topology.parse(layout, world)
+    prog = build_schedule(topo, m)
+    return topo, sink_first(prog, topo.sink) if order == "sink-first" else prog
+
+
+def _synthetic_rank(*args) -> synthetic.RankResult:
+    return synthetic.run_rank(*args)
+
+
+def run_foley(layout: list[str], world: int, costs: dict[str, float], m: int, order: str, part: int,
+              seq_s: float | None, note: str = "") -> Run:
+    topo, prog = _program(layout, world, m, order)
+    res = launch(_synthetic_rank, world, layout, costs, m, None, 2, 120.0, prog)
+    received = res[topo.sink].received
+    if received != [(n, synthetic.expected_audio_value(n), True) for n in range(m)]:
+        raise RuntimeError(f"{layout}: sink received wrong items: {received}")
+    measured = max(r.end_unix for r in res) - min(r.start_unix for r in res)
+    ideal = autolayout.replay(prog, _rank_costs(topo, costs))
+    formula = sum(costs.values()) + (m - 1) * autolayout.period(topo, costs)
+    return Run(part, "foley_dist", world, layout, m, measured, ideal, ideal / measured,
+               seq_s / measured if seq_s else None, formula, order, note)
+
+
+def run_sequential(costs: dict[str, float], m: int) -> Run:
+    """Every stage in this process, no process group: runtime.execute on the one-rank layout."""
+    layout = ["+".join(STAGES)]
+    for k in ("RANK", "WORLD_SIZE"):
+        os.environ.pop(k, None)
+    res = synthetic.run_rank(layout, costs, m)
+    measured = res.end_unix - res.start_unix
+    ideal = m * sum(costs.values())
+    return Run(1, "sequential", 1, layout, m, measured, ideal, ideal / measured, 1.0, ideal)
+
+
+def best_layout(costs: dict[str, float], world: int, m: int, order: str, memory, capacity) -> list[str]:
+    if order == "in-order":
+        return autolayout.choose_layout(costs, world, m, memory, capacity)
+    scored = []
+    for lay in autolayout.candidate_layouts(world, memory, capacity):
+        topo, prog = _program(lay, world, m, order)
+        scored.append((round(autolayout.replay(prog, _rank_costs(topo, costs)), 9), lay))
+    return min(scored)[1]
+
+
+def part_foley(args, costs, seq: Run) -> list[Run]:
+    runs = []
+    for world in args.world_sizes:
+        variants = [("in-order", args.memory, "auto, memory-bound"), ("sink-first", args.memory, "auto, memory-bound"),
+                    ("in-order", None, "auto, no memory limit")]
+        seen = set()
+        for order, memory, note in variants:
+            layout = best_layout(costs, world, args.segments, order, memory, args.capacity)
+            if (order, tuple(layout)) in seen:
+                continue
+            seen.add((order, tuple(layout)))
+            runs.append(run_foley(layout, world, costs, args.segments, order, 1, seq.measured_s, note))
+            print_run(runs[-1])
+    return runs
+
+
+# --- part 2: torch.distributed.pipelining ---------------------------------------------------------
+
+class _TensorStage(nn.Module):
+    """Synthetic stages behind pipelining's tensors-in, tensors-out interface (names sorted)."""
+
+    def __init__(self, stages: list[synthetic.SyntheticStage], in_names: list[str]):
+        super().__init__()
+        self.stages, self.in_names = nn.ModuleList(stages), in_names
+
+    def forward(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        msg = Message(0, dict(zip(self.in_names, tensors)))
+        for stage in self.stages:
+            msg = stage(msg)
+        return tuple(msg.tensors[k] for k in sorted(msg.tensors))
+
+
+def pipelining_partition(costs: dict[str, float], world: int) -> list[list[tuple[str, float]]]:
+    """Ranks' (stage, seconds) lists: diffusion split evenly over the ranks vision and fusion leave."""
+    options = []
+    if world >= 3:
+        k = world - 2
+        options.append([[("vision", costs["vision"])], [("fusion", costs["fusion"])]] + [[("diffusion", costs["diffusion"] / k)]] * k)
+    k = world - 1
+    options.append([[("vision", costs["vision"]), ("fusion", costs["fusion"])]] + [[("diffusion", costs["diffusion"] / k)]] * k)
+    return min(options, key=lambda p: max(sum(c for _, c in r) for r in p))
+
+
+def chunk_outputs(partition: list[list[tuple[str, float]]]) -> list[dict[str, tuple[int, ...]]]:
+    """Each rank's output tensors: its last stage's, but diffusion chunks before the last pass on
+    activations the size of the DiT's conditioning."""
+    last = len(partition) - 1
+    return [synthetic.OUTPUTS["fusion"] if r[-1][0] == "diffusion" and i < last else synthetic.OUTPUTS[r[-1][0]]
+            for i, r in enumerate(partition)]
+
+
+def _pipelining_rank(partition: list[list[tuple[str, float]]], m: int) -> tuple[float, float, list[float] | None]:
+    from torch.distributed.pipelining import PipelineStage, ScheduleGPipe
+
+    env = transport.detect_env("cpu")
+    transport.init(env, 120)
+    rank, world = env.rank, env.world_size
+    outs = chunk_outputs(partition)
+    ins = {"segment": (1, 1)} if rank == 0 else outs[rank - 1]  # the first stage's input: the segment index
+    mine = partition[rank]
+    stages = [synthetic.SyntheticStage(name, sec, outputs=outs[rank] if i == len(mine) - 1 else None)
+              for i, (name, sec) in enumerate(mine)]
+    stage = PipelineStage(_TensorStage(stages, sorted(ins)), rank, world, env.device,
+                          input_args=tuple(torch.zeros(ins[k]) for k in sorted(ins)),
+                          output_args=tuple(torch.zeros(outs[rank][k]) for k in sorted(outs[rank])))
+    schedule = ScheduleGPipe(stage, m)
+    dist.barrier()
+    start = time.time()
+    with torch.no_grad():
+        out = schedule.eval(torch.arange(m, dtype=torch.float32).reshape(m, 1)) if rank == 0 else schedule.eval()
+    end = time.time()
+    values = None
+    if out is not None:  # every segment's audio, concatenated
+        audio = (out[0] if isinstance(out, tuple) else out).reshape(m, -1)
+        values = [float(a[0]) for a in audio]
+    transport.shutdown()
+    return start, end, values
+
+
+def run_pipelining(costs: dict[str, float], world: int, m: int, seq_s: float | None, split: bool) -> Run:
+    partition = pipelining_partition(costs, world) if split else [[(s, costs[s])] for s in STAGES]
+    res = launch(_pipelining_rank, world, partition, m)
+    depth = sum(len(r) for r in partition)  # every synthetic stage adds 1 to the segment index
+    if res[-1][2] != [float(n + depth) for n in range(m)]:
+        raise RuntimeError(f"torch pipelining returned wrong audio values: {res[-1][2]}")
+    measured = max(r[1] for r in res) - min(r[0] for r in res)
+    chunk = [sum(c for _, c in r) for r in partition]
+    ideal = sum(chunk) + (m - 1) * max(chunk)
+    layout = ["+".join(n if abs(c - costs[n]) < 1e-12 else f"{n}/{round(costs[n] / c)}" for n, c in r) for r in partition]
+    note = "diffusion layer-split (optimistic: ignores per-step cross-rank traffic)" if split else "one stage per rank"
+    return Run(2, "torch_pipelining", world, layout, m, measured, ideal, ideal / measured,
+               seq_s / measured if seq_s else None, ideal, "gpipe", note)
+
+
+def part_peers(args, costs, seq: Run) -> list[Run]:
+    runs = [run_pipelining(costs, 3, args.segments, seq.measured_s, split=False),
+            run_foley(list(STAGES), 3, costs, args.segments, "in-order", 2, seq.measured_s, "one stage per rank")]
+    for r in runs:
+        print_run(r)
+    for world in args.world_sizes:
+        runs.append(run_pipelining(costs, world, args.segments, seq.measured_s, split=True))
+        print_run(runs[-1])
+    return runs
+
+
+# --- part 3: the real tiny model ------------------------------------------------------------------
+
+def _generate(video: Path, out: Path, nproc: int, layout: list[str], steps: int, trace: Path | None) -> dict:
+    ranks = [e for entry in layout for e in [entry.split(" x")[0]] * (int(entry.split(" x")[1]) if " x" in entry else 1)]
+    args = [f"video={video}", f"output={out}", f"report={out.with_suffix('.json')}", f"model.steps={steps}",
+            "progress=false", "hardware.threads=1", "prompt=rain on a tin roof", "seed=1",
+            f"layout.ranks=[{','.join(ranks)}]"] + ([f"trace={trace}"] if trace else [])
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1
+           else [sys.executable]) + ["-m", "foley_dist", "generate", *args]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    if p.returncode:
+        raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def part_model(args, workdir: Path) -> list[Run]:
+    from foley_dist.testclip import make_clip
+
+    video = make_clip(workdir / "clip.mp4", seconds=args.clip_seconds, width=160, height=96, fps=24, seed=3)
+    one = _generate(video, workdir / "one.wav", 1, ["+".join(STAGES)], args.steps, None)
+    m = len(one["jobs"][0]["segments"])
+    costs = {s: one["stage_busy_s"][s] / m for s in STAGES}
+    print(f"tiny model, {m} segments, {args.steps} steps: measured stage costs {({k: round(v, 3) for k, v in costs.items()})}")
+    runs = [Run(3, "sequential", 1, ["+".join(STAGES)], m, one["wall_s"], m * sum(costs.values()),
+                m * sum(costs.values()) / one["wall_s"], 1.0, note="real tiny model, 1 process")]
+    print_run(runs[-1])
+    auto = autolayout.choose_layout(costs, 3, m)
+    for layout, note in [(list(STAGES), "real tiny model"), (auto, "real tiny model, auto layout")]:
+        if runs[-1].layout == layout:
+            continue
+        rep = _generate(video, workdir / "pp.wav", 3, layout, args.steps, workdir / f"trace_{len(runs)}.json")
+        ideal = autolayout.predict_makespan(layout, costs, m, 3)
+        runs.append(Run(3, "foley_dist", 3, layout, m, rep["wall_s"], ideal, ideal / rep["wall_s"],
+                        one["wall_s"] / rep["wall_s"], note=note + f"; trace {workdir / f'trace_{len(runs)}.json'}"))
+        print_run(runs[-1])
+    return runs
+
+
+# --- part 4: transport overhead -------------------------------------------------------------------
+
+def _pingpong(sizes: list[int], reps: int) -> list[dict]:
+    env = transport.detect_env("cpu")
+    transport.init(env, 120)
+    tr = transport.Transport(env.device, 120)
+    peer = 1 - env.rank
+    rows = []
+    for size in sizes:
+        raw = torch.zeros(size, dtype=torch.uint8)
+        msg = Message(0, {"x": torch.zeros(size // 4, dtype=torch.float32)}, {"segment": 0})
+        times = {"raw": [], "transport": []}
+        for kind in ("raw", "transport"):
+            for i in range(reps + 2):  # two warm-up round trips
+                dist.barrier()
+                t = time.perf_counter()
+                if env.rank == 0:
+                    if kind == "raw":
+                        dist.send(raw, peer)
+                        dist.recv(raw, peer)
+                    else:
+                        tr.send(msg, peer)
+                        tr.recv(peer)
+                elif kind == "raw":
+                    dist.recv(raw, peer)
+                    dist.send(raw, peer)
+                else:
+                    tr.send(tr.recv(peer), peer)
+                if i >= 2:
+                    times[kind].append((time.perf_counter() - t) / 2)
+        tr.flush()
+        rows.append({"bytes": size, "raw_s": statistics.median(times["raw"]), "transport_s": statistics.median(times["transport"]),
+                     "reps": reps})
+    transport.shutdown()
+    return rows
+
+
+def part_transport(args) -> list[dict]:
+    rows = launch(_pingpong, 2, args.sizes, args.reps)[0]
+    print(f"\n{'bytes':>10} {'raw ms':>9} {'Transport ms':>13} {'overhead ms':>12} {'ratio':>6}")
+    for r in rows:
+        r["overhead_s"] = r["transport_s"] - r["raw_s"]
+        print(f"{r['bytes']:>10} {r['raw_s'] * 1e3:>9.3f} {r['transport_s'] * 1e3:>13.3f} {r['overhead_s'] * 1e3:>12.3f} "
+              f"{r['transport_s'] / r['raw_s']:>6.2f}")
+    return rows
+
+
+# --- output ---------------------------------------------------------------------------------------
+
+HEADER = (f"{'part':>4} {'runner':<17} {'ranks':>5} {'layout':<42} {'sched':<10} {'measured':>9} {'ideal':>7} "
+          f"{'eff':>5} {'speedup':>7}")
+
+
+def print_run(r: Run) -> None:
+    speed = f"{r.speedup:>6.2f}x" if r.speedup else f"{'':>7}"
+    print(f"{r.part:>4} {r.runner:<17} {r.world_size:>5} {', '.join(r.layout):<42} {r.schedule:<10} "
+          f"{r.measured_s:>8.2f}s {r.ideal_s:>6.2f}s {r.efficiency:>5.2f} {speed}", flush=True)
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--json", required=True, help="write results here")
+    p.add_argument("--parts", default="1,2,3,4", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--segments", type=int, default=24)
+    p.add_argument("--world-sizes", default="3,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--costs", default="vision=0.12,fusion=0.015,diffusion=0.6", type=parse_map,
+                   help="synthetic seconds per segment and stage")
+    p.add_argument("--memory", default="vision=6,fusion=2,diffusion=20", type=parse_map,
+                   help="per-stage memory for choose_layout (illustrative GB), with --capacity per rank")
+    p.add_argument("--capacity", type=float, default=24.0)
+    p.add_argument("--clip-seconds", type=float, default=60.0, help="part 3 clip length")
+    p.add_argument("--steps", type=int, default=2, help="part 3 sampling steps")
+    p.add_argument("--sizes", default="4096,262144,1048576,2949120,16777216", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--reps", type=int, default=30, help="part 4 round trips per size")
+    args = p.parse_args()
+
+    result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},
+                    "costs": args.costs, "runs": [], "transport": []}
+    print(HEADER)
+    seq = None
+    if {1, 2} & set(args.parts):
+        seq = run_sequential(args.costs, args.segments)
+        result["runs"].append(asdict(seq))
+        print_run(seq)
+    if 1 in args.parts:
+        result["runs"] += [asdict(r) for r in part_foley(args, args.costs, seq)]
+    if 2 in args.parts:
+        result["runs"] += [asdict(r) for r in part_peers(args, args.costs, seq)]
+    if 3 in args.parts:
+        workdir = Path(tempfile.mkdtemp(prefix="bench_model_"))
+        result["runs"] += [asdict(r) for r in part_model(args, workdir)]
+    if 4 in args.parts:
+        result["transport"] = part_transport(args)
+    result["host"]["loadavg_end"] = os.getloadavg()
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(result, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
