@@ -9,8 +9,9 @@ from the tensor shapes one segment produces, time from matrix-product FLOPs. Mem
     activations  the largest working set while the stage handles one segment: decoded frames at model
                  resolution + one encode batch (vision), text + conditioning (fusion), the DiT over
                  the CFG batch, or the audio decoder's largest feature maps (diffusion)
-    decoder      host memory of video decoding: decoded source frames (YUV 4:2:0, 1.5 W H bytes)
-                 that FFmpeg keeps alive, which is the only term that grows with source resolution
+    host         host memory of video decoding: decoded source frames (YUV 4:2:0, 1.5 W H bytes)
+                 that FFmpeg keeps alive, the only term that grows with source resolution, plus the
+                 frames converted to model resolution
 
 Nothing grows with video length (DESIGN.md invariant 3): duration only sets the number of segments.
 
@@ -55,8 +56,12 @@ FRAMEWORK_RSS = 355e6
 ACTIVATION_FACTOR = 1.0
 # One-off allocations of a stage's first forward (BLAS/oneDNN buffers, codec contexts).
 RUNTIME_OVERHEAD = 0
-# Source frames the decoder keeps besides the one being converted (references, frame threads).
+# Video decoder (PyAV/FFmpeg): fixed cost of codec contexts and threads, and source frames kept
+# besides the one being converted (references, frame threads); fitted by scripts/bench_resolution.py.
+DECODER_BASE = 14e6
 DECODER_FRAMES = 4
+# oneDNN's blocked layouts pad conv channels to 16 (tiny's 4-channel audio decoder pays 4x).
+CONV_CHANNEL_ALIGN = 16
 # Not measured here (no GPU in the calibration run): CUDA context + cuBLAS/cuDNN workspaces, the
 # usual ~0.5 GB of an H100 process before any tensor.
 CUDA_CONTEXT = 0.5e9
@@ -129,57 +134,84 @@ def sync_activations(cfg: SyncEncoderConfig, frames: int) -> int:
     return 4 * b * (windows + max(12 * tokens * cfg.dim, _vit_layer(tokens, cfg.dim, cfg.dim * cfg.mlp_ratio)))
 
 
-def sync_phase(cfg: SyncEncoderConfig, seconds: float) -> int:
+def _frame_bytes(seconds: float, fps: float, side: int) -> int:
+    """uint8 [T, 3, S, S] frames of one segment at model resolution."""
+    return round(seconds * fps) * 3 * side**2
+
+
+def decoder_bytes(width: int, height: int) -> int:
+    """Host memory of the video decoder: codec contexts and threads (DECODER_BASE) + the frame being
+    converted and the ones it keeps, at source resolution (YUV 4:2:0)."""
+    return int(DECODER_BASE + (1 + DECODER_FRAMES) * 1.5 * width * height)
+
+
+def sync_encode_phase(cfg: SyncEncoderConfig, seconds: float) -> int:
     """Sync frames as decoded, resampled onto the 25 fps grid (a copy) and tail-padded to whole
     windows (another copy when padding is needed), plus one window batch."""
     frames = round(seconds * cfg.fps)
     needed = cfg.stride * (sync_windows(frames, cfg) - 1) + cfg.window
-    frame = 3 * cfg.image_size**2
-    return (2 * frames + (needed if needed > frames else 0)) * frame + sync_activations(cfg, frames)
+    return (2 * frames + (needed if needed > frames else 0)) * 3 * cfg.image_size**2 + sync_activations(cfg, frames)
 
 
 def tile_grid(vision: VisionConfig, width: int, height: int) -> TileGrid:
     return plan_grid(height, width, vision.tile_size, vision.overlap_ratio)
 
 
-def tiles_phase(spec: ModelSpec, grid: TileGrid, vision: VisionConfig) -> int:
-    """Tiled visual encoding of one frame at a time: the working frame's crops resized through float
-    (tile in and S x S out, fp32, plus uint8 results), the queue of pending images (and its
-    concatenated copy) and one SigLIP batch of `tile_batch` images."""
+def tile_crops(spec: ModelSpec, grid: TileGrid, vision: VisionConfig) -> int:
+    """Cutting one working frame into encoder inputs (foley_dist.tiling.crops): the whole frame and
+    the tiles resized through fp32 (input and output) to uint8, then the queue of pending images and
+    its concatenated copy."""
     n, side, tile = grid.images_per_frame, spec.visual.image_size, min(vision.tile_size, grid.height, grid.width)
     resize = 3 * (4 * grid.height * grid.width + n * (5 * tile**2 + 5 * side**2))
-    queue = 2 * 3 * side**2 * (vision.tile_batch + n)
-    return resize + queue + visual_activations(spec.visual, vision.tile_batch)
+    return resize + 2 * 3 * side**2 * (vision.tile_batch + n)
 
 
-def vision_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode: str,
-                  vision: VisionConfig | None = None) -> tuple[int, int]:
-    """(activations, decoder) bytes of the vision stage on one segment; the visual and sync passes
-    run one after the other, so activations are the larger pass. `mode`:
+def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode: str,
+                  vision: VisionConfig | None = None) -> int:
+    """Host bytes of decoding one segment for the vision stage, encoders left out. The visual and
+    sync passes run one after the other, so the larger counts. `mode`:
 
-    model: frames scaled to model resolution inside the decoder (foley_dist.video, the default).
-    naive: every sampled frame kept as full-resolution RGB and resized afterwards (what a pipeline
-           without decoder-side scaling does); its largest (sync) pass dominates the decoder term.
-    tiled: foley_dist.tiling: one working-resolution frame at a time, tiles encoded `tile_batch` at once."""
-    vision = vision or VisionConfig()
-    visual_frames, sync_frames = round(seconds * spec.visual_fps), round(seconds * spec.sync_fps)
-    decoder = decoder_bytes(width, height)
-    if mode == "tiled":
-        grid = tile_grid(vision, width, height)
-        visual = tiles_phase(spec, grid, vision)
-        decoder += 3 * grid.height * grid.width  # the working frame as the scaler returns it
-    else:
-        visual = visual_frames * 3 * spec.visual.image_size**2 + visual_activations(spec.visual, min(VISUAL_BATCH, visual_frames))
+    model: frames scaled to model resolution inside the decoder (foley_dist.video, the default);
+           decode_segment holds the converted frames and their stacked copy.
+    naive: every sampled frame kept as full-resolution RGB, then resized: what a pipeline without
+           decoder-side scaling holds.
+    tiled: foley_dist.tiling: one working-resolution frame at a time, cut into tiles."""
+    d = decoder_bytes(width, height)
+    visual = _frame_bytes(seconds, spec.visual_fps, spec.visual.image_size)
+    sync = _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size)
+    if mode == "model":
+        return d + 2 * max(visual, sync)
     if mode == "naive":
-        decoder += max(visual_frames, sync_frames) * 3 * width * height
-    elif mode not in ("model", "tiled"):
-        raise ValueError(f"unknown decode mode {mode!r}")
-    return max(visual, sync_phase(spec.sync, seconds)), decoder
+        full = 3 * width * height
+        return d + max(round(seconds * spec.visual_fps) * full + visual, round(seconds * spec.sync_fps) * full + sync)
+    if mode == "tiled":
+        grid = tile_grid(vision or VisionConfig(), width, height)
+        return d + max(3 * grid.height * grid.width + tile_crops(spec, grid, vision or VisionConfig()), 2 * sync)
+    raise ValueError(f"unknown decode mode {mode!r}")
 
 
-def decoder_bytes(width: int, height: int) -> int:
-    """Host memory of the video decoder: the frame being converted + the ones it keeps (YUV 4:2:0)."""
-    return int((1 + DECODER_FRAMES) * 1.5 * width * height)
+@dataclass(frozen=True)
+class VisionMemory:
+    device: int  # encoder working set and the frames it encodes, on the stage's device
+    host: int  # decoding: decoder + decoded frames, in host memory
+    cpu: int  # the largest phase when both share one memory (a CPU rank)
+
+
+def vision_memory(spec: ModelSpec, seconds: float, width: int, height: int, vision: VisionConfig) -> VisionMemory:
+    """Phases: decode the visual frames, encode them; decode the sync frames, encode them (tiled
+    visual encoding streams: decode and encode overlap)."""
+    d, sync_decode = decoder_bytes(width, height), 2 * _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size)
+    sync_encode = sync_encode_phase(spec.sync, seconds)
+    if vision.tiling:
+        grid = tile_grid(vision, width, height)
+        visual = tile_crops(spec, grid, vision) + visual_activations(spec.visual, vision.tile_batch)
+        visual_cpu = d + 3 * grid.height * grid.width + visual
+    else:
+        frames = _frame_bytes(seconds, spec.visual_fps, spec.visual.image_size)
+        visual = frames + visual_activations(spec.visual, min(VISUAL_BATCH, round(seconds * spec.visual_fps)))
+        visual_cpu = max(visual, d + 2 * frames)
+    host = decode_memory(spec, seconds, width, height, "tiled" if vision.tiling else "model", vision)
+    return VisionMemory(max(visual, sync_encode), host, max(visual_cpu, d + sync_decode, sync_encode))
 
 
 def text_activations(spec: ModelSpec) -> int:
@@ -216,13 +248,15 @@ def dit_activations(spec: ModelSpec, seconds: float, precision: str, batch: int 
 
 
 def vae_activations(cfg: DacDecoderConfig, latent_frames: int) -> int:
-    """fp32 audio decoder: ~5 feature maps of the largest (channels x length) block are alive at once
-    (residual input, Snake's temporaries, conv output)."""
-    length, widest = latent_frames, cfg.decoder_dim * latent_frames
+    """fp32 audio decoder, widest residual unit: its input (kept for the sum), the conv input, and
+    the conv library's copy of it and output, whose channels are padded to CONV_CHANNEL_ALIGN."""
+    length, widest = latent_frames, 0
     for i, rate in enumerate(cfg.decoder_rates):
         length *= rate
-        widest = max(widest, cfg.decoder_dim // 2 ** (i + 1) * length)
-    return 4 * 5 * widest
+        channels = cfg.decoder_dim // 2 ** (i + 1)
+        aligned = -(-channels // CONV_CHANNEL_ALIGN) * CONV_CHANNEL_ALIGN
+        widest = max(widest, 2 * (channels + aligned) * length)
+    return 4 * widest
 
 
 def diffusion_activations(spec: ModelSpec, seconds: float, precision: str) -> int:
@@ -288,14 +322,14 @@ class StageEstimate:
     stage: str
     parts: tuple[str, ...]
     weights: int
-    activations: int  # peak working set beyond the weights, on the stage's device
-    decoder: int  # host memory of video decoding (vision only)
+    activations: int  # peak working set beyond the weights on the stage's device
+    host: int  # host working set of video decoding (vision only)
+    cpu_work: int  # peak working set when device and host are one memory (a CPU rank)
     flops: int
 
     def cpu_rss(self) -> int:
-        """Peak RSS of a CPU process running only this stage: the decoder term is added to the
-        activations rather than maxed with them (conservative by at most the decoder term)."""
-        return int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + self.weights + ACTIVATION_FACTOR * self.activations + self.decoder)
+        """Peak RSS of a CPU process running only this stage."""
+        return int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + self.weights + ACTIVATION_FACTOR * self.cpu_work)
 
     def gpu_bytes(self) -> int:
         return int(CUDA_CONTEXT + self.weights + ACTIVATION_FACTOR * self.activations)
@@ -310,14 +344,13 @@ def estimate_stages(spec: ModelSpec, precision: str, seconds: float, width: int,
                     params: dict[str, int] | None = None) -> dict[str, StageEstimate]:
     vision = vision or VisionConfig()
     params = params or part_params(spec)
-    mode = "tiled" if vision.tiling else "model"
     images = tile_grid(vision, width, height).images_per_frame if vision.tiling else 1
     flops = stage_flops(spec, seconds, steps, guidance_scale, images)
-    vision_act, decoder = vision_memory(spec, seconds, width, height, mode, vision)
-    activations = {"vision": vision_act, "fusion": fusion_activations(spec, seconds),
-                   "diffusion": diffusion_activations(spec, seconds, precision)}
-    return {s: StageEstimate(s, stage_parts((s,)), weight_bytes(params, stage_parts((s,)), precision), activations[s],
-                             decoder if s == "vision" else 0, flops[s]) for s in STAGES}
+    vm = vision_memory(spec, seconds, width, height, vision)
+    fusion, diffusion = fusion_activations(spec, seconds), diffusion_activations(spec, seconds, precision)
+    memory = {"vision": (vm.device, vm.host, vm.cpu), "fusion": (fusion, 0, fusion), "diffusion": (diffusion, 0, diffusion)}
+    return {s: StageEstimate(s, stage_parts((s,)), weight_bytes(params, stage_parts((s,)), precision), *memory[s], flops[s])
+            for s in STAGES}
 
 
 def rank_gpu_bytes(stages: tuple[str, ...], est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> int:
@@ -445,7 +478,7 @@ def make_plan(cfg: PlanConfig, spec: ModelSpec | None = None) -> dict:
         "gpus": cfg.gpus,
         "gpu_memory_bytes": budget,
         "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
-                       "host_bytes": int(FRAMEWORK_RSS + e.decoder), "time_share": e.flops / total_flops}
+                       "host_bytes": int(FRAMEWORK_RSS + e.host), "time_share": e.flops / total_flops}
                    for s, e in est.items()},
         "layout": layout,
         "ranks": ranks,

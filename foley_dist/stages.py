@@ -106,7 +106,8 @@ class VisionStage(nn.Module):
                     thumbs.append(thumbnails(frame[None]))
                 yield frame
 
-        clip_feat = encode_tiled(lambda x: self.visual(x.to(self.device))[0], frames(), grid, size, self.vision.tile_batch)
+        clip_feat = encode_tiled(lambda x: self.visual(x.to(self.device))[0], frames(), grid, size,
+                                 self.vision.tile_batch)
         return clip_feat, torch.cat(thumbs) if adaptive else None
 
 

@@ -56,9 +56,10 @@ def _starts(length: int, tile: int, stride: int) -> list[int]:
 def plan_grid(height: int, width: int, tile: int, overlap_ratio: float, max_tiles: int = MAX_TILES) -> TileGrid:
     """The largest working size (aspect kept, never above the source) whose grid has <= max_tiles tiles."""
     if tile < 1 or not 0 <= overlap_ratio < 1 or max_tiles < 1:
-        raise ValueError(f"need tile >= 1, 0 <= overlap_ratio < 1, max_tiles >= 1; got {tile}, {overlap_ratio}, {max_tiles}")
+        raise ValueError(f"need tile >= 1, 0 <= overlap_ratio < 1, max_tiles >= 1; "
+                         f"got {tile}, {overlap_ratio}, {max_tiles}")
     stride = max(1, round(tile * (1 - overlap_ratio)))
-    long, short = max(height, width), min(height, width)
+    long = max(height, width)
     cols = len(_starts(long, tile, stride))
     while True:  # shrink the long side one tile column at a time until the grid fits
         scale = min(1.0, (tile + (cols - 1) * stride) / long)
@@ -80,6 +81,7 @@ def _resize(images: torch.Tensor, size: int) -> torch.Tensor:
 
 def crops(frame: torch.Tensor, grid: TileGrid, size: int) -> torch.Tensor:
     """One working-resolution frame [3, H, W] -> encoder inputs [1 + tiles, 3, size, size], global first."""
+    frame = frame.contiguous()  # decoded frames are HWC views: slicing them for tiles is 10x slower
     images = [_resize(frame[None], size)]
     if grid.boxes:
         tiles = torch.stack([frame[:, y : y + h, x : x + w] for y, x, h, w in grid.boxes])

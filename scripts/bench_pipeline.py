@@ -393,7 +393,7 @@ def main() -> None:
                    help="per-stage memory for choose_layout (illustrative GB), with --capacity per rank")
     p.add_argument("--capacity", type=float, default=24.0)
     p.add_argument("--clip-seconds", type=float, default=60.0, help="part 3 clip length")
-    p.add_argument("--steps", type=int, default=2, help="part 3 sampling steps")
+    p.add_argument("--steps", type=int, default=8, help="part 3 sampling steps")
     p.add_argument("--sizes", default="4096,262144,1048576,2949120,16777216", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--reps", type=int, default=30, help="part 4 round trips per size")
     args = p.parse_args()

@@ -3,7 +3,7 @@
 Each (model, stage) runs in a fresh process: import foley_dist.stages, read ru_maxrss (the framework
 baseline), build the stage's model parts (random weights), read it again, run the stage on one 5 s
 segment, read the peak. Measured figures are deltas over that baseline, as are the estimates
-(weights + ACTIVATION_FACTOR x activations + decoder), so the framework constant is reported
+(StageEstimate.cpu_rss minus FRAMEWORK_RSS), so the framework constant is reported
 separately and does not flatter the comparison. Models: `tiny` and `mid`, a HunyuanVideo-Foley
 layout scaled to run on a laptop CPU (real frame sizes and token counts, fewer layers, hidden 512 DiT).
 
@@ -131,7 +131,7 @@ def main() -> None:
             for stage in STAGES:
                 e, m = est[stage], {a: measure(model, stage, clip, a) for a in ALLOCATORS}
                 t, g = m["tensors"], m["glibc"]
-                work = plan.RUNTIME_OVERHEAD + plan.ACTIVATION_FACTOR * e.activations + e.decoder
+                work = e.cpu_rss() - plan.FRAMEWORK_RSS - e.weights
                 rows.append({
                     "model": model, "stage": stage, "framework_rss_mb": g["baseline"] / MB,
                     "weights_est_mb": e.weights / MB, "weights_meas_mb": (t["built"] - t["baseline"]) / MB,

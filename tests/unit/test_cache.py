@@ -131,7 +131,8 @@ def test_concurrent_writers_of_one_key(tmp_path: Path):
         while len(os.listdir(sys.argv[2])) < 2:  # start barrier: both processes have imported torch
             time.sleep(0.01)
         g = torch.Generator().manual_seed(0)
-        tensors = {{"clip_feat": torch.randn(1, 40, 768, generator=g), "sync_feat": torch.randn(1, 120, 768, generator=g)}}
+        tensors = {{"clip_feat": torch.randn(1, 40, 768, generator=g),
+                   "sync_feat": torch.randn(1, 120, 768, generator=g)}}
         for _ in range(50):
             store.put("{KEY}", tensors, {{}})
             hit = store.get("{KEY}")

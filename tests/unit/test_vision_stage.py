@@ -52,7 +52,8 @@ def clips(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def _stage(parts, **vision) -> VisionStage:
-    return VisionStage(SPEC, parts["visual"], parts["sync"], "pyav", CPU, VisionConfig(**{"cache": "off", **vision}), "tiny:0")
+    vision = VisionConfig(**{"cache": "off", **vision})
+    return VisionStage(SPEC, parts["visual"], parts["sync"], "pyav", CPU, vision, "tiny:0")
 
 
 def _msg(video: Path, start: float = 0.0) -> Message:

@@ -1,0 +1,74 @@
+"""Seam benchmark: crossfade vs continuation on a generated clip — seam metric and wall time.
+
+    python scripts/bench_seams.py --seconds 60 --nproc 3 --json out/bench_seams.json
+
+Runs `foley-dist generate` once per mode on the same clip, seed and layout and reads each run report:
+the loudness / spectral-centroid / flux jumps at segment boundaries next to the same statistics at
+non-boundary points of the same output. Pass model overrides (e.g. model=hunyuan_xl model.path=DIR)
+after `--` to measure the real model.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+
+from foley_dist.testclip import make_clip
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_mode(clip: Path, out: Path, seam: str, nproc: int, steps: int, extra: list[str]) -> dict:
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1 else [sys.executable]
+    cmd = [*launcher, "-m", "foley_dist", "generate", f"video={clip}", f"output={out}", "prompt=footsteps on gravel",
+           f"seam={seam}", f"model.steps={steps}", "progress=false", "vision.cache=off", *extra]
+    subprocess.run(cmd, cwd=ROOT, check=True, env={**os.environ, "OMP_NUM_THREADS": "1"}, capture_output=True)
+    return json.loads(out.with_suffix(".json").read_text())
+
+
+def summarize(seam: str, report: dict) -> dict:
+    seams = report["jobs"][0]["seams"]
+    jumps = np.array([b["rms_jump_db"] for b in seams["boundaries"]])
+    cents = np.array([b["centroid_jump_hz"] for b in seams["boundaries"]])
+    flux = np.array([b["flux"] for b in seams["boundaries"]])
+    bg = seams["background"]
+    return {
+        "seam": seam, "wall_s": report["wall_s"], "boundaries": len(jumps), "flagged": len(seams["flagged"]),
+        "boundary_rms_jump_db_median": float(np.median(jumps)), "boundary_rms_jump_db_max": float(jumps.max()),
+        "background_rms_jump_db_median": bg["rms_jump_db"]["median"], "background_rms_jump_db_p99": bg["rms_jump_db"]["p99"],
+        "boundary_centroid_jump_hz_median": float(np.median(cents)), "background_centroid_jump_hz_median": bg["centroid_jump_hz"]["median"],
+        "boundary_flux_median": float(np.median(flux)), "background_flux_median": bg["flux"]["median"],
+    }
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--seconds", type=float, default=60)
+    ap.add_argument("--nproc", type=int, default=3)
+    ap.add_argument("--steps", type=int, default=25)
+    ap.add_argument("--workdir", default="out/bench_seams")
+    ap.add_argument("--json", default="out/bench_seams.json")
+    ap.add_argument("extra", nargs="*", help="extra key=value overrides for foley-dist generate (after --)")
+    args = ap.parse_args()
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    clip = make_clip(work / f"clip_{args.seconds:g}s.mp4", args.seconds, 160, 96, 24, seed=7)
+    rows = [summarize(seam, run_mode(clip, work / f"{seam}.wav", seam, args.nproc, args.steps, args.extra))
+            for seam in ("crossfade", "continuation")]
+    cols = ["seam", "wall_s", "boundaries", "flagged", "boundary_rms_jump_db_median", "boundary_rms_jump_db_max",
+            "background_rms_jump_db_median", "background_rms_jump_db_p99", "boundary_flux_median", "background_flux_median"]
+    print(" | ".join(cols))
+    for r in rows:
+        print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
+    Path(args.json).write_text(json.dumps({"seconds": args.seconds, "nproc": args.nproc, "steps": args.steps, "runs": rows}, indent=1))
+    print(f"wrote {args.json}")
+
+
+if __name__ == "__main__":
+    main()
