@@ -63,12 +63,20 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
 
 def execute(actions: list[Action], stages: list[torch.nn.Module], items: list[Message], tr: transport.Transport | None,
             rec: Recorder, sink: Sink | None) -> None:
-    """Walk this rank's schedule. Messages wait in `held` between receive, compute and send."""
+    """Walk this rank's schedule. Messages wait in `held` between receive, compute and send.
+
+    After each receive the next one is posted at once, so it lands while this rank computes."""
     held: dict[int, Message] = {}
+    sources = [a.peer for a in actions if a.kind == "recv"]
+    if sources:
+        tr.prefetch(sources[0])
     for a in actions:
         if a.kind == "recv":
             with rec.span("recv", "comm", a.item):
                 msg = tr.recv(a.peer)
+            sources.pop(0)
+            if sources:
+                tr.prefetch(sources[0])
             if msg.segment != a.item:
                 raise RuntimeError(f"expected item {a.item} from rank {a.peer}, got {msg.segment}: ranks are out of step")
             held[a.item] = msg

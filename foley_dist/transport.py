@@ -1,10 +1,13 @@
-"""Point-to-point messages over torch.distributed: a fixed-size header, then one packed payload.
+"""Point-to-point messages over torch.distributed: a fixed-size frame (header + eager payload), then the rest.
 
 The header (segment id, metadata, tensor names, dtypes and shapes as JSON) lets a receiver allocate
 exactly what arrives without guessing shapes. All tensors of a message travel as one byte buffer,
-so any dtype (bool, bf16, ...) crosses any backend and a message costs two transfers. Sends are
-non-blocking with a bounded number in flight (back-pressure); receives wait at most `timeout_s`, so
-a dead peer becomes an error instead of a hang. This module never imports a model.
+so any dtype (bool, bf16, ...) crosses any backend. The first EAGER_BYTES of that buffer ride in the
+same fixed-size frame as the header, so a receiver can post the receive for its *next* message
+before it knows that message's size (`prefetch`) and the transfer lands while it computes; only
+larger messages need a second transfer. Sends are non-blocking with a bounded number in flight
+(back-pressure); receives wait at most `timeout_s`, so a dead peer becomes an error instead of a
+hang. This module never imports a model.
 """
 
 from __future__ import annotations
@@ -22,6 +25,8 @@ import torch.distributed as dist
 from foley_dist.message import Message
 
 HEADER_BYTES = 8192
+EAGER_BYTES = 4 << 20  # payload bytes carried in the frame: every message between stages of the real model fits
+FRAME_BYTES = HEADER_BYTES + EAGER_BYTES
 _MAGIC = b"FDM1"
 _DTYPES = {str(d): d for d in (
     torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int64, torch.int32,
@@ -139,27 +144,41 @@ class Transport:
         self.device = device
         self.timeout = timedelta(seconds=timeout_s)
         self.max_inflight = max_inflight
-        self._inflight: deque[tuple[int, list]] = deque()  # (dst, [works + buffers kept alive])
+        self._inflight: deque[tuple[int, list]] = deque()  # (dst, [works, buffers kept alive until done])
+        self._posted: dict[int, tuple[object, torch.Tensor]] = {}  # src -> (irecv work, frame buffer)
 
     def send(self, msg: Message, dst: int) -> None:
         """Post the message without waiting for it, unless `max_inflight` sends are outstanding."""
         header, tensors = encode_header(msg)
-        header = header.to(self.device)
         payload = pack(tensors, self.device)
-        works = [dist.isend(header, dst)]
-        if payload.numel():
-            works.append(dist.isend(payload, dst))
-        self._inflight.append((dst, [works, header, payload]))
+        frame = torch.zeros(FRAME_BYTES, dtype=torch.uint8, device=self.device)
+        frame[:HEADER_BYTES] = header.to(self.device)
+        eager = min(payload.numel(), EAGER_BYTES)
+        frame[HEADER_BYTES : HEADER_BYTES + eager] = payload[:eager]
+        works = [dist.isend(frame, dst)]
+        if payload.numel() > EAGER_BYTES:
+            works.append(dist.isend(payload[EAGER_BYTES:], dst))
+        self._inflight.append((dst, [works, frame, payload]))
         while len(self._inflight) > self.max_inflight:
             self._wait_oldest()
 
+    def prefetch(self, src: int) -> None:
+        """Post the receive of the next frame from `src` now, so it arrives while this rank computes."""
+        if src not in self._posted:
+            frame = torch.empty(FRAME_BYTES, dtype=torch.uint8, device=self.device)
+            self._posted[src] = (dist.irecv(frame, src), frame)
+
     def recv(self, src: int) -> Message:
-        header = torch.empty(HEADER_BYTES, dtype=torch.uint8, device=self.device)
-        self._wait(dist.irecv(header, src), src, "header")
-        spec = decode_header(header)
-        payload = torch.empty(payload_bytes(spec), dtype=torch.uint8, device=self.device)
-        if payload.numel():
-            self._wait(dist.irecv(payload, src), src, f"payload of segment {spec['segment']}")
+        self.prefetch(src)
+        work, frame = self._posted.pop(src)
+        self._wait(work, src, "message")
+        spec = decode_header(frame[:HEADER_BYTES])
+        total = payload_bytes(spec)
+        payload = torch.empty(total, dtype=torch.uint8, device=self.device)
+        eager = min(total, EAGER_BYTES)
+        payload[:eager] = frame[HEADER_BYTES : HEADER_BYTES + eager]
+        if total > EAGER_BYTES:  # finish this message before any later frame from src is posted
+            self._wait(dist.irecv(payload[EAGER_BYTES:], src), src, f"payload of segment {spec['segment']}")
         return Message(spec["segment"], unpack(spec, payload), spec["meta"])
 
     def flush(self) -> None:

@@ -1,8 +1,8 @@
 """Check foley_dist.plan's memory estimates against measured peak RSS per stage on CPU.
 
-Each (model, stage) runs in a fresh process: import foley_dist.stages, read ru_maxrss (the framework
-baseline), build the stage's model parts (random weights), read it again, run the stage on one 5 s
-segment, read the peak. Measured figures are deltas over that baseline, as are the estimates
+Each (model, stage) runs in a fresh process: import foley_dist.stages, read RSS (the framework
+baseline) and reset the peak mark (/proc/self/clear_refs), build the stage's model parts (random
+weights), read RSS again and reset, run the stage on one 5 s segment, read the peak (VmHWM). Measured figures are deltas over that baseline, as are the estimates
 (StageEstimate.cpu_rss minus FRAMEWORK_RSS), so the framework constant is reported
 separately and does not flatter the comparison. Models: `tiny` and `mid`, a HunyuanVideo-Foley
 layout scaled to run on a laptop CPU (real frame sizes and token counts, fewer layers, hidden 512 DiT).
@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -56,8 +55,21 @@ def mid_spec() -> ModelSpec:
 SPECS = {"tiny": lambda: ModelSpec.named("tiny"), "mid": mid_spec}
 
 
-def _rss() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # Linux reports KiB
+def _status(key: str) -> float:
+    """A /proc/self/status memory figure in bytes (Linux)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return float(line.split()[1]) * 1024
+
+
+def reset_peak() -> float:
+    """Reset the peak-RSS mark to the current RSS and return it. ru_maxrss cannot be reset, so a
+    transient during the imports would hide any smaller working set measured after them."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def peak() -> float:
+    return _status("VmHWM")
 
 
 def child(model: str, stage: str, clip: str) -> None:
@@ -76,7 +88,7 @@ def child(model: str, stage: str, clip: str) -> None:
     torch.set_num_threads(1)  # the runtime's default (hardware.threads=1)
     spec, cpu = SPECS[model](), torch.device("cpu")
     meta = {"video": clip, "segment": 0, "start": 0.0, "end": SECONDS, "seed": 0, "prompt": "rain on a tin roof"}
-    baseline = _rss()
+    baseline = reset_peak()
     torch.manual_seed(0)
     with torch.inference_mode():
         if stage == "vision":
@@ -96,9 +108,9 @@ def child(model: str, stage: str, clip: str) -> None:
                                  torch.randn(2, round(SECONDS * 24), d.sync_feat_dim))
             msg = Message(0, cond, meta)
         run.eval().requires_grad_(False)
-        built = _rss()
+        built = reset_peak()
         run(msg)
-    print(json.dumps({"baseline": baseline, "built": built, "peak": _rss()}))
+    print(json.dumps({"baseline": baseline, "built": built, "peak": peak()}))
 
 
 def measure(model: str, stage: str, clip: str, allocator: str) -> dict:

@@ -1,0 +1,191 @@
+"""Peak host memory and wall time of the vision stage's frame decoding, per source resolution, with
+the planner's estimate (foley_dist.plan.decode_memory) beside each measurement.
+
+The same 10 s clip (moving shapes, H.264) is written at each resolution; every segment of its plan is
+decoded for SigLIP (8 fps, 512 x 512 resize) and Synchformer (25 fps, 224 x 224 centre crop), the
+encoders left out, three ways:
+
+    naive  decode each sampled frame to full-resolution RGB into one [T, H, W, 3] array (as a
+           decord `get_batch` pipeline does), then resize
+    model  foley_dist.video.decode_segment: swscale scales straight to model resolution
+    tiled  foley_dist.tiling: stream working-resolution frames, cut and resize tiles in batches
+           (the tile encoder is a stand-in that just subsamples: the SigLIP cost is not decoding)
+
+Each (resolution, mode) runs in a fresh process with a fixed glibc mmap threshold, so RSS follows the
+tensors (see scripts/calibrate_plan.py); peak = peak RSS (VmHWM, reset after the imports) minus RSS then.
+The decoder constants of the planner (DECODER_BASE, DECODER_FRAMES) are fitted on the `model` rows.
+
+    python scripts/bench_resolution.py [--json out/bench_resolution.json] [--workdir /tmp/foley_res]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+RESOLUTIONS = ("360p", "480p", "720p", "1080p", "1440p", "2160p")
+MODES = ("naive", "model", "tiled")
+SECONDS, FPS = 10.0, 25
+SPEC = "hunyuan_xxl"  # only its encoder input sizes and frame rates are used
+ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+MB = 1e6
+
+
+def _status(key: str) -> float:
+    """A /proc/self/status memory figure in bytes (Linux)."""
+    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
+    return float(line.split()[1]) * 1024
+
+
+def reset_peak() -> float:
+    """Reset the peak-RSS mark to the current RSS and return it. ru_maxrss cannot be reset, so a
+    transient during the imports would hide any smaller working set measured after them."""
+    Path("/proc/self/clear_refs").write_text("5")
+    return _status("VmRSS")
+
+
+def peak() -> float:
+    return _status("VmHWM")
+
+
+def naive_frames(path: str, times: list[float]):
+    """Full-resolution RGB [T, H, W, 3] of the frames on screen at increasing `times`."""
+    import torch
+
+    from foley_dist import video
+
+    info = video.probe(path)
+    out = torch.empty(len(times), info.height, info.width, 3, dtype=torch.uint8)
+    with video._open(path) as container:
+        stream = video._video_stream(container, path)
+        stream.thread_type = video.PYAV_THREAD_TYPE
+        k, held = 0, None
+        for t, frame in video._frames_from(container, stream, times[0]):
+            while k < len(times) and times[k] + video.TIME_TOLERANCE < t:
+                out[k] = torch.from_numpy((held or frame).to_ndarray(format="rgb24"))
+                k += 1
+            held = frame
+        while k < len(times):  # past the end: the last frame
+            out[k] = torch.from_numpy(held.to_ndarray(format="rgb24"))
+            k += 1
+    return out
+
+
+def naive_pass(path: str, times: list[float], side: int, mode: str):
+    import torch.nn.functional as F
+
+    from foley_dist import video
+
+    frames = naive_frames(path, times).permute(0, 3, 1, 2)  # channels-last view, no copy
+    h, w = video._scaled_size(frames.shape[-1], frames.shape[-2], (side, side), mode)
+    out = F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True)
+    return video._center_crop(out, (side, side)).contiguous() if mode == "center_crop" else out
+
+
+def child(mode: str, path: str) -> None:
+    """Decode every segment of `path` the `mode` way in this fresh process; prints one JSON line."""
+    import torch
+
+    from foley_dist import tiling, video
+    from foley_dist.config import VisionConfig
+    from foley_dist.models.foley import ModelSpec
+    from foley_dist.segments import SegmentPlan
+
+    torch.set_num_threads(1)
+    spec, vision = ModelSpec.named(SPEC), VisionConfig()
+    info = video.probe(path)
+    plan = SegmentPlan.build(info.duration, 5.0, 1.0)
+    visual, sync = spec.visual.image_size, spec.sync.image_size
+    baseline, start = reset_peak(), time.perf_counter()
+    for seg in plan.segments:
+        vt, st = video.sample_times(seg, spec.visual_fps), video.sample_times(seg, spec.sync_fps)
+        if mode == "naive":
+            features = naive_pass(path, vt, visual, "resize")
+            del features
+            features = naive_pass(path, st, sync, "center_crop")
+        elif mode == "model":
+            features = video.decode_segment(path, vt, (visual, visual), "resize")
+            del features
+            features = video.decode_segment(path, st, (sync, sync), "center_crop")
+        else:
+            grid = tiling.plan_grid(info.height, info.width, vision.tile_size, vision.overlap_ratio)
+            features = tiling.encode_tiled(lambda x: x[:, :, ::64, ::64].float().flatten(1),
+                                           tiling.stream_frames(path, vt, (grid.height, grid.width)), grid, visual,
+                                           vision.tile_batch)
+            del features
+            features = video.decode_segment(path, st, (sync, sync), "center_crop")
+        del features
+    print(json.dumps({"wall_s": time.perf_counter() - start, "peak": peak() - baseline, "segments": len(plan)}))
+
+
+def fit_decoder(rows: list[dict]) -> tuple[float, float]:
+    """Least squares of (model-mode peak - converted frames) = base + (1 + frames) * 1.5 W H."""
+    from foley_dist import plan
+    from foley_dist.models.foley import ModelSpec
+
+    spec = ModelSpec.named(SPEC)
+    frames = plan.decode_memory(spec, 5.0, 2, 2, "model") - plan.decoder_bytes(2, 2)
+    xs = [1.5 * r["width"] * r["height"] for r in rows if r["mode"] == "model"]
+    ys = [r["peak_mb"] * MB - frames for r in rows if r["mode"] == "model"]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope - 1
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--json", help="also write the results here")
+    parser.add_argument("--workdir", default="/tmp/foley_bench_resolution", help="generated clips (kept for reruns)")
+    parser.add_argument("--resolutions", nargs="+", default=list(RESOLUTIONS), choices=list(RESOLUTIONS))
+    parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+
+    from foley_dist import plan
+    from foley_dist.models.foley import ModelSpec
+    from foley_dist.testclip import make_clip
+
+    spec, rows = ModelSpec.named(SPEC), []
+    Path(args.workdir).mkdir(parents=True, exist_ok=True)
+    print(f"{'source':<12} {'mode':<6} {'peak MB':>9} {'plan MB':>9} {'error':>7} {'decode s':>9} {'x realtime':>10}")
+    for name in args.resolutions:
+        width, height = plan.RESOLUTIONS[name]
+        width -= width % 2  # 854x480: H.264 4:2:0 needs even sizes
+        clip = Path(args.workdir) / f"clip_{width}x{height}.mp4"
+        encode_s = 0.0
+        if not clip.exists():
+            start = time.perf_counter()
+            make_clip(clip, SECONDS, width, height, fps=FPS)
+            encode_s = time.perf_counter() - start
+        for mode in MODES:
+            out = subprocess.run([sys.executable, __file__, "--child", mode, str(clip)], capture_output=True, text=True,
+                                 env={**os.environ, **ENV})
+            if out.returncode:
+                raise RuntimeError(f"{name} {mode} failed:\n{out.stderr[-3000:]}")
+            m = json.loads(out.stdout.strip().splitlines()[-1])
+            estimate = plan.decode_memory(spec, 5.0, width, height, mode)
+            rows.append({"resolution": name, "width": width, "height": height, "mode": mode, "peak_mb": m["peak"] / MB,
+                         "plan_mb": estimate / MB, "error": estimate / m["peak"] - 1, "wall_s": m["wall_s"],
+                         "realtime": SECONDS / m["wall_s"], "clip_encode_s": encode_s})
+            r = rows[-1]
+            print(f"{name + ' ' + str(width) + 'x' + str(height):<18} {mode:<6} {r['peak_mb']:>9.1f} {r['plan_mb']:>9.1f} "
+                  f"{r['error']:>+7.1%} {r['wall_s']:>9.2f} {r['realtime']:>10.1f}", flush=True)
+    base, frames = fit_decoder(rows)
+    print(f"\nfitted decoder constants (model rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
+          f"(planner uses {plan.DECODER_BASE / MB:.1f} MB, {plan.DECODER_FRAMES}); clip encode seconds: "
+          + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
+    if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.json).write_text(json.dumps({"rows": rows, "fitted_decoder_base": base,
+                                               "fitted_decoder_frames": frames}, indent=1))
+
+
+if __name__ == "__main__":
+    main()
