@@ -2,7 +2,8 @@
 
 A layout's makespan is predicted by replaying the exact static schedule the ranks execute
 (schedule.build_schedule) with fixed per-segment stage costs: a rank's compute of a group costs the
-sum of its stages' costs, a receive waits for the matching send plus `comm_s`, sends never block.
+sum of its stages' costs, a receive waits for the matching send plus `comm_s`, and a send blocks
+while more than `max_inflight` of the rank's sends are undelivered, as Transport.send does.
 For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated groups the
 steady-state period is max over groups of (group cost / replicas), and the replay also gets the
 fill, the drain and round-robin remainders right, which the closed form only bounds.
@@ -14,6 +15,7 @@ it has no fill and perfect balance. Pipelining pays off when a rank cannot hold 
 
 from __future__ import annotations
 
+from collections import deque
 from itertools import combinations
 from typing import Sequence
 
@@ -45,43 +47,60 @@ def period(layout: Topology | Sequence[str], stage_costs: dict[str, float], worl
 
 
 def predict_makespan(layout: Topology | Sequence[str], stage_costs: dict[str, float], num_items: int,
-                     world_size: int | None = None, comm_s: float = 0.0) -> float:
+                     world_size: int | None = None, comm_s: float = 0.0, max_inflight: int | None = 2) -> float:
     """Seconds from the first compute to the sink's last collect for `num_items` segments.
 
     `layout` is a Topology or a list of layout entries (then `world_size` is needed to parse it).
-    `comm_s` is added to every message between ranks (latency + size/bandwidth, if known).
+    `comm_s` is added to every message between ranks (latency + size/bandwidth, if known);
+    `max_inflight` is the transport's send bound (hardware.max_inflight).
     """
     _check_costs(stage_costs)
     topo = _topology(layout, world_size)
     cost = {r: sum(stage_costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
-    return replay(build_schedule(topo, num_items), cost, comm_s)
+    return replay(build_schedule(topo, num_items), cost, comm_s, max_inflight)
 
 
-def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: float = 0.0) -> float:
-    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds."""
+def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: float = 0.0,
+           max_inflight: int | None = 2) -> float:
+    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds.
+
+    Like Transport.send, a send returns at once unless more than `max_inflight` of the rank's sends
+    are undelivered; then the rank waits until the oldest has been received (None: never waits).
+    """
     clock = {r: 0.0 for r in prog}
     pc = {r: 0 for r in prog}
-    arrivals: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
+    sent: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
+    delivered: dict[tuple[int, int, int], float] = {}  # -> time the receiver took it
+    inflight: dict[int, deque[tuple[int, int, int]]] = {r: deque() for r in prog}
     pending = set(prog)
     while pending:
         moved = False
         for r in sorted(pending):
             acts = prog[r]
-            while pc[r] < len(acts):
+            while True:
+                if max_inflight is not None and len(inflight[r]) > max_inflight:  # back-pressure
+                    if inflight[r][0] not in delivered:
+                        break
+                    clock[r] = max(clock[r], delivered.pop(inflight[r].popleft()))
+                    moved = True
+                    continue
+                if pc[r] == len(acts):
+                    pending.discard(r)
+                    break
                 a = acts[pc[r]]
                 if a.kind == "recv":
                     key = (a.peer, r, a.item)
-                    if key not in arrivals:
+                    if key not in sent:
                         break
-                    clock[r] = max(clock[r], arrivals.pop(key))
+                    clock[r] = delivered[key] = max(clock[r], sent.pop(key))
                 elif a.kind == "compute":
                     clock[r] += rank_cost[r]
                 elif a.kind == "send":
-                    arrivals[(r, a.peer, a.item)] = clock[r] + comm_s
+                    key = (r, a.peer, a.item)
+                    sent[key] = clock[r] + comm_s
+                    inflight[r].append(key)
                 pc[r] += 1
                 moved = True
-            if pc[r] == len(acts):
-                pending.discard(r)
         if not moved:
             raise RuntimeError("schedule deadlocks: a rank waits for a message nobody sends")
     return max(clock.values(), default=0.0)
@@ -120,7 +139,7 @@ def candidate_layouts(world_size: int, memory: dict[str, float] | None = None,
 
 def choose_layout(stage_costs: dict[str, float], world_size: int, num_items: int,
                   memory: dict[str, float] | None = None, capacity: float | None = None,
-                  comm_s: float = 0.0) -> list[str]:
+                  comm_s: float = 0.0, max_inflight: int | None = 2) -> list[str]:
     """The layout with the smallest predicted makespan; ties go to fewer co-located stages.
 
     `memory` (per stage) and `capacity` (per rank), in any one unit, rule out groups that do not fit.
@@ -129,7 +148,7 @@ def choose_layout(stage_costs: dict[str, float], world_size: int, num_items: int
     layouts = candidate_layouts(world_size, memory, capacity)
     if not layouts:
         raise FoleyError(f"no layout of {world_size} rank(s) fits: stage memory {memory} vs capacity {capacity} per rank")
-    scored = [(predict_makespan(lay, stage_costs, num_items, world_size, comm_s), lay) for lay in layouts]
+    scored = [(predict_makespan(lay, stage_costs, num_items, world_size, comm_s, max_inflight), lay) for lay in layouts]
     best = min(m for m, _ in scored)
     ties = [lay for m, lay in scored if m <= best * (1 + _TIE) + 1e-12]
     return min(ties, key=lambda lay: (sum(e.split(" ")[0].count("+") for e in lay), len(lay), lay))

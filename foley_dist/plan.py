@@ -46,20 +46,29 @@ from foley_dist.segments import SegmentPlan
 from foley_dist.tiling import TileGrid, plan_grid
 from foley_dist.video import probe
 
-# --- calibration constants (scripts/calibrate_plan.py; CPU, torch 2.13, glibc malloc) ---------------
-# Resident memory of a process after `import foley_dist.stages` (torch, transformers, PyAV), before
-# any model exists. Every rank pays it in host RAM; it is not GPU memory.
-FRAMEWORK_RSS = 355e6
-# Measured peak / structural estimate of layer activations. The structural count keeps only the
-# largest tensors alive at once (see `_vit_layer`, `_dit_activations`); the rest (norm outputs,
-# views made contiguous, allocator rounding) is this factor.
+# --- calibration constants --------------------------------------------------------------------------
+# scripts/calibrate_plan.py measures each stage of `tiny` and a mid-size model in a fresh CPU process
+# (torch 2.13, 1 thread, glibc malloc with a fixed mmap threshold so that RSS follows the tensors)
+# and fits RUNTIME_OVERHEAD and ACTIVATION_FACTOR; all six stage estimates then land within 11 % of
+# the measured peaks. With glibc's default, adaptive threshold, freed 1-32 MB tensors stay resident
+# and a CPU rank's peak RSS of the audio decoder grows by up to 1.5x (allocation-history dependent).
+#
+# RSS of a process after importing foley_dist.stages (torch, transformers, PyAV), before any model.
+# Every rank pays it in host RAM; it is not GPU memory. Measured 355-385 MB as the package grew.
+FRAMEWORK_RSS = 373e6
+# Building the parts and their first forward: Python module objects, tokenizer, BLAS/oneDNN
+# primitives and scratch, codec contexts. Fitted: 28 MB (CPU host memory; on a GPU the cuBLAS/cuDNN
+# share of it is in CUDA_CONTEXT).
+RUNTIME_OVERHEAD = 28e6
+# Measured / structural activation bytes. The structural counts keep the largest tensors alive at
+# once (see the *_activations functions); the fit gives 0.97, i.e. no correction is needed.
 ACTIVATION_FACTOR = 1.0
-# One-off allocations of a stage's first forward (BLAS/oneDNN buffers, codec contexts).
-RUNTIME_OVERHEAD = 0
-# Video decoder (PyAV/FFmpeg): fixed cost of codec contexts and threads, and source frames kept
-# besides the one being converted (references, frame threads); fitted by scripts/bench_resolution.py.
-DECODER_BASE = 14e6
-DECODER_FRAMES = 4
+# Video decoder (PyAV/FFmpeg, H.264): fixed cost of codec contexts and threads, and source frames
+# kept besides the one being converted (references, delayed output, one per frame thread), fitted by
+# scripts/bench_resolution.py on 2 cores (360p-2160p: 7.6 MB, 7.1 frames). FFmpeg starts a frame
+# thread per core, so a many-core host keeps more frames: about one more per extra core.
+DECODER_BASE = 8e6
+DECODER_FRAMES = 7
 # oneDNN's blocked layouts pad conv channels to 16 (tiny's 4-channel audio decoder pays 4x).
 CONV_CHANNEL_ALIGN = 16
 # Not measured here (no GPU in the calibration run): CUDA context + cuBLAS/cuDNN workspaces, the
@@ -158,12 +167,13 @@ def tile_grid(vision: VisionConfig, width: int, height: int) -> TileGrid:
 
 
 def tile_crops(spec: ModelSpec, grid: TileGrid, vision: VisionConfig) -> int:
-    """Cutting one working frame into encoder inputs (foley_dist.tiling.crops): the whole frame and
-    the tiles resized through fp32 (input and output) to uint8, then the queue of pending images and
-    its concatenated copy."""
+    """Cutting one working frame into encoder inputs (foley_dist.tiling): the larger of resizing its
+    tiles (uint8 stack, fp32 output, uint8 result) beside up to tile_batch - 1 images still queued,
+    and the queue concatenated for a batch (pending images + their copy)."""
     n, side, tile = grid.images_per_frame, spec.visual.image_size, min(vision.tile_size, grid.height, grid.width)
-    resize = 3 * (4 * grid.height * grid.width + n * (5 * tile**2 + 5 * side**2))
-    return resize + 2 * 3 * side**2 * (vision.tile_batch + n)
+    image = 3 * side**2
+    resize = 3 * (n - 1) * (tile**2 + 5 * side**2) + (vision.tile_batch - 1) * image
+    return max(resize, 2 * (vision.tile_batch + n) * image)
 
 
 def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode: str,
@@ -176,17 +186,19 @@ def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode
     naive: every sampled frame kept as full-resolution RGB, then resized: what a pipeline without
            decoder-side scaling holds.
     tiled: foley_dist.tiling: one working-resolution frame at a time, cut into tiles."""
-    d = decoder_bytes(width, height)
+    vision, d = vision or VisionConfig(), decoder_bytes(width, height)
     visual = _frame_bytes(seconds, spec.visual_fps, spec.visual.image_size)
     sync = _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size)
     if mode == "model":
         return d + 2 * max(visual, sync)
-    if mode == "naive":
-        full = 3 * width * height
-        return d + max(round(seconds * spec.visual_fps) * full + visual, round(seconds * spec.sync_fps) * full + sync)
+    if mode == "naive":  # full-resolution frames, resized (the sync pass: to cover S x S, then cropped)
+        side = spec.sync.image_size
+        covering = 3 * max(side, round(height * side / min(width, height))) * max(side, round(width * side / min(width, height)))
+        sync_resized = round(seconds * spec.sync_fps) * (3 * width * height + covering) + sync
+        return d + max(round(seconds * spec.visual_fps) * 3 * width * height + visual, sync_resized)
     if mode == "tiled":
-        grid = tile_grid(vision or VisionConfig(), width, height)
-        return d + max(3 * grid.height * grid.width + tile_crops(spec, grid, vision or VisionConfig()), 2 * sync)
+        grid = tile_grid(vision, width, height)
+        return d + max(3 * grid.height * grid.width + tile_crops(spec, grid, vision), 2 * sync)
     raise ValueError(f"unknown decode mode {mode!r}")
 
 
@@ -376,10 +388,10 @@ def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], prec
     try:
         return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT))
     except FoleyError:
-        heaviest = max(est[s].gpu_bytes() for s in STAGES)
-        raise FoleyError(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU: the stages need "
-                         f"{', '.join(f'{s} {e.gpu_bytes() / 1e9:.1f} GB' for s, e in est.items())}; pass gpus={len(STAGES)} "
-                         f"(one stage per GPU), GPUs with more than {heaviest / 1e9:.1f} GB, or precision=bf16") from None
+        alone = ", ".join(f"{s} {e.gpu_bytes() / 1e9:.1f}" for s, e in est.items())
+        raise FoleyError(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU (stages alone need {alone} GB; "
+                         f"stages sharing a GPU add up): pass gpus={len(STAGES)} for one stage per GPU"
+                         + (" or precision=bf16" if precision == "fp32" else "")) from None
 
 
 # --- inputs ---------------------------------------------------------------------------------------------

@@ -53,7 +53,7 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
     parts = build_parts(spec, stage_parts(names), cfg.model, device)
     make = {
         "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision,
-                                      model_id=f"{cfg.model.name}:{cfg.model.path or cfg.model.init_seed}"),
+                                      model_id=f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"),
         "fusion": lambda: FusionStage(spec, parts["text"], parts["dit"], cfg.model.negative_prompt),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
                                             device, autocast_dtype(cfg.hardware.precision, device), cfg.seam),
@@ -183,7 +183,7 @@ def build_report(cfg: RunConfig, topo: Topology, jobs: list[Job], ranks: list[Ra
                 "video": j.video, "output": j.output, "prompt": j.prompt, "seed": j.seed,
                 "duration_s": j.info.duration, "size": [j.info.width, j.info.height], "fps": j.info.fps,
                 "segments": [[s.start, s.end] for s in j.plan.segments],
-                **({"seams": status[i]["seams"]} if "seams" in status.get(i, {}) else {}),
+                **{k: status[i][k] for k in ("seams", "vision") if k in status.get(i, {})},
             }
             for i, j in enumerate(jobs)
         ],

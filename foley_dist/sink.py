@@ -87,6 +87,7 @@ class Sink:
         self.journal = journal  # finished jobs are appended here as they complete (batch resume)
         self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
         self._open: dict[int, JobState] = {}
+        self._vision: dict[int, dict] = {}  # per job: feature-cache hits and adaptive-sampling savings
         total = sum(len(j.plan) - len(done.get(i, ())) for i, j in enumerate(jobs))
         self._bar = tqdm(total=total, desc="segments", unit="seg", file=sys.stderr, disable=not progress, dynamic_ncols=True)
 
@@ -99,6 +100,9 @@ class Sink:
             self.fail(j, msg.meta["error"])
             return
         job = self.jobs[j]
+        stats = self._vision.setdefault(j, {"cached_segments": 0, "sync_frames_saved": []})
+        stats["cached_segments"] += int(bool(msg.meta.get("cached")))
+        stats["sync_frames_saved"].append(float(msg.meta.get("sync_frames_saved", 0.0)))
         audio = msg.tensors["audio"].cpu().numpy()
         save_array_atomic(parts_dir(job) / f"seg{seg:05d}.npy", audio)
         self.done.setdefault(j, set()).add(seg)
@@ -142,6 +146,10 @@ class Sink:
             del self._open[j]
             shutil.rmtree(parts_dir(job), ignore_errors=True)
             entry = {"status": "done", "seconds": round(time.time() - state.started, 3)}
+            if j in self._vision:
+                saved = self._vision[j]["sync_frames_saved"]
+                entry["vision"] = {"cached_segments": self._vision[j]["cached_segments"],
+                                   "sync_frames_saved": round(sum(saved) / len(saved), 4)}
             if self.measure_seams and len(job.plan) > 1:
                 entry["seams"] = measure_seams(job, self.sample_rate)
             if self.mux_video:

@@ -26,8 +26,8 @@ from foley_dist.message import Message
 from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
 from foley_dist.segments import Segment
-from foley_dist.tiling import MAX_TILES, encode_tiled, plan_grid, stream_frames
-from foley_dist.video import decode_segment, probe, sample_times
+from foley_dist.tiling import MAX_TILES, encode_tiled, plan_grid
+from foley_dist.video import decode_segment, iter_frames, probe, sample_times
 
 
 def _segment(meta: dict) -> Segment:
@@ -101,7 +101,7 @@ class VisionStage(nn.Module):
         thumbs: list[torch.Tensor] = []
 
         def frames() -> Iterator[torch.Tensor]:
-            for frame in stream_frames(video, times, (grid.height, grid.width)):
+            for frame in iter_frames(video, times, (grid.height, grid.width)):
                 if adaptive:
                     thumbs.append(thumbnails(frame[None]))
                 yield frame

@@ -15,16 +15,12 @@ plain mean. A frame that fits in one tile has no tiles and keeps its global embe
 from __future__ import annotations
 
 import math
-import os
 from dataclasses import dataclass
-from typing import Callable, Iterable, Iterator, Sequence
+from typing import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
-from av.video.reformatter import VideoReformatter
 
-from foley_dist import video
-from foley_dist.errors import FoleyError
 
 MAX_TILES = 16  # tiles per frame: 4K gives a 5 x 3 grid of 224 px tiles over a 940 x 529 working frame
 
@@ -122,33 +118,3 @@ def encode_tiled(
         out.append(encode(torch.cat(pending)))
     embeddings = torch.cat(out)
     return merge(embeddings.view(-1, grid.images_per_frame, embeddings.shape[-1])).unsqueeze(0)
-
-
-def stream_frames(path: str | os.PathLike, times: Sequence[float], size: tuple[int, int]) -> Iterator[torch.Tensor]:
-    """Frames at increasing `times`, resized to `size`, one at a time (uint8 [3, H, W]), decoded in one
-    forward pass with PyAV and the same frame-selection rule as `video.decode_segment`: a working-size
-    frame is held only while it is being tiled, never a whole segment of them."""
-    if list(times) != sorted(times):
-        raise ValueError("stream_frames needs increasing times")
-    path = video._check_file(path)
-    with video._open(path) as container:
-        stream = video._video_stream(container, path)
-        stream.thread_type = video.PYAV_THREAD_TYPE
-        scaler = VideoReformatter()
-        held = image = None
-        count = 0
-        for t, frame in video._frames_from(container, stream, times[0]):
-            while count < len(times) and times[count] + video.TIME_TOLERANCE < t:
-                held = frame if held is None else held  # times before the first frame get the first frame
-                image = video._to_tensor(held, size, "resize", scaler) if image is None else image
-                yield image
-                count += 1
-            if count == len(times):
-                return
-            if frame is not held:
-                held, image = frame, None
-        if held is None:
-            raise FoleyError(f"{path}: the video stream has no decodable frames; the file is corrupt, re-encode it")
-        image = video._to_tensor(held, size, "resize", scaler) if image is None else image
-        for _ in range(len(times) - count):  # past the end: repeat the last frame
-            yield image

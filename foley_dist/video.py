@@ -267,39 +267,55 @@ def _pick(
     frames: Iterator[tuple[float, av.VideoFrame]],
     times: Sequence[float],
     convert: Callable[[av.VideoFrame], torch.Tensor],
-) -> list[torch.Tensor]:
+) -> Iterator[torch.Tensor]:
     """`select_frames` applied while streaming over increasing `times`: each source frame is converted
     at most once and released when the next one arrives, so one decoded frame is held at a time."""
-    out: list[torch.Tensor] = []
+    count = 0
     held: av.VideoFrame | None = None
     image: torch.Tensor | None = None
     for t, frame in frames:
-        while len(out) < len(times) and times[len(out)] + TIME_TOLERANCE < t:
+        while count < len(times) and times[count] + TIME_TOLERANCE < t:
             if held is None:  # times before the first frame get the first frame
                 held = frame
             if image is None:
                 image = convert(held)
-            out.append(image)
-        if len(out) == len(times):
-            return out
+            yield image
+            count += 1
+        if count == len(times):
+            return
         if frame is not held:
             held, image = frame, None
-    if held is not None:
-        image = image if image is not None else convert(held)
-        out += [image] * (len(times) - len(out))  # past the end: repeat the last frame
-    return out
+    if held is None:
+        return
+    image = image if image is not None else convert(held)
+    for _ in range(len(times) - count):  # past the end: repeat the last frame
+        yield image
+
+
+def iter_frames(path: str | os.PathLike, times: Sequence[float], size: tuple[int, int], mode: Mode = "resize") -> Iterator[torch.Tensor]:
+    """Frames at increasing `times` as uint8 [3, H, W], one at a time, decoded in one forward pass
+    with PyAV (same selection rule as `decode_segment`): for consumers, such as tiled encoding, that
+    must not hold a segment of frames at their working size."""
+    if list(times) != sorted(times):
+        raise ValueError("iter_frames needs increasing times")
+    path = _check_file(path)
+    if not times:
+        return
+    with _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = PYAV_THREAD_TYPE
+        scaler = VideoReformatter()
+        empty = True
+        for image in _pick(_frames_from(container, stream, times[0]), times, lambda f: _to_tensor(f, size, mode, scaler)):
+            empty = False
+            yield image
+    if empty:
+        raise FoleyError(f"{path}: the video stream has no decodable frames; the file is corrupt, re-encode it")
 
 
 def _decode_pyav(path: str, times: Sequence[float], size: tuple[int, int], mode: Mode) -> torch.Tensor:
     order = sorted(range(len(times)), key=lambda i: times[i])
-    with _open(path) as container:
-        stream = _video_stream(container, path)
-        stream.thread_type = PYAV_THREAD_TYPE
-        frames = _frames_from(container, stream, times[order[0]])
-        scaler = VideoReformatter()
-        images = _pick(frames, [times[i] for i in order], lambda f: _to_tensor(f, size, mode, scaler))
-    if not images:
-        raise FoleyError(f"{path}: the video stream has no decodable frames; the file is corrupt, re-encode it")
+    images = list(iter_frames(path, [times[i] for i in order], size, mode))
     out: list[torch.Tensor] = [images[0]] * len(times)
     for rank, i in enumerate(order):
         out[i] = images[rank]

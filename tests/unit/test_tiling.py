@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from foley_dist import testclip, tiling
+from foley_dist import testclip, tiling, video
 from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
 from foley_dist.video import decode_segment
 
@@ -132,12 +132,12 @@ def test_tile_batch_does_not_change_features_and_runs_are_deterministic(encoder:
         torch.testing.assert_close(run(batch), ref, rtol=1e-4, atol=1e-5)
 
 
-def test_stream_frames_match_decode_segment(clip: Path):
+def test_iter_frames_match_decode_segment(clip: Path):
     times = [-0.1, 0.0, 0.03, 0.5, 0.52, 1.0, 1.96, 2.5, 3.0]  # before the start, repeats, past the end
-    streamed = torch.stack(list(tiling.stream_frames(clip, times, (72, 120))))
+    streamed = torch.stack(list(video.iter_frames(clip, times, (72, 120))))
     assert torch.equal(streamed, decode_segment(clip, times, (72, 120), "resize"))
 
 
-def test_stream_frames_needs_increasing_times(clip: Path):
+def test_iter_frames_needs_increasing_times(clip: Path):
     with pytest.raises(ValueError):
-        next(tiling.stream_frames(clip, [1.0, 0.5], (72, 120)))
+        next(video.iter_frames(clip, [1.0, 0.5], (72, 120)))

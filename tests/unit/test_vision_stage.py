@@ -130,7 +130,7 @@ def test_cache_hit_skips_decode_and_encoders_and_is_exact(parts, clips, run, tmp
         raise AssertionError("decoded on a cache hit")
 
     monkeypatch.setattr(stages, "decode_segment", no_decode)
-    monkeypatch.setattr(stages, "stream_frames", no_decode)
+    monkeypatch.setattr(stages, "iter_frames", no_decode)
     again = _stage(counted, cache=str(tmp_path), **vision)  # a fresh stage (another run) reads it back
     hit = again(_msg(clips["moving"]))
     assert (again.cache_hits, again.cache_misses, hit.meta["cached"]) == (1, 0, True)
