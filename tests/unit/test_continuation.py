@@ -13,7 +13,6 @@ from foley_dist.stages import DiffusionStage
 
 @pytest.fixture(scope="module")
 def parts():
-    torch.set_num_threads(1)
     return ModelSpec.named("tiny"), build_parts(ModelSpec.named("tiny"), ("dit", "vae"), ModelConfig(), torch.device("cpu"))
 
 

@@ -26,15 +26,6 @@ PROMPTS = ["noisy, harsh", "a dog barks twice in a quiet room"]
 LONG = "rain on a tin roof, " * 10  # ~200 byte tokens: longer than 77, shorter than 512
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models: intra-op threads only add contention on a shared CPU (3x slower here)."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture
 def no_network(monkeypatch):
     """Offline mode plus a hard guarantee: any socket connect fails the test."""

@@ -14,14 +14,6 @@ from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
 from foley_dist.video import decode_segment
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def clip(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return testclip.make_clip(tmp_path_factory.mktemp("tiling") / "clip.mp4", 2.0, 160, 96, fps=25)

@@ -23,14 +23,6 @@ CPU = torch.device("cpu")
 SHAPES = {"clip_feat": (1, 40, 768), "sync_feat": (1, 120, 768)}  # 5 s: 8 fps visual, 24 sync tokens/s
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 @pytest.fixture(scope="module")
 def parts() -> dict[str, torch.nn.Module]:
     return build_parts(SPEC, ("visual", "sync"), ModelConfig(), CPU)
