@@ -2,8 +2,9 @@
 
 A layout's makespan is predicted by replaying the exact static schedule the ranks execute
 (schedule.build_schedule) with fixed per-segment stage costs: a rank's compute of a group costs the
-sum of its stages' costs, a receive waits for the matching send plus `comm_s`, and a send blocks
-while more than `max_inflight` of the rank's sends are undelivered, as Transport.send does.
+sum of its stages' costs, a receive waits for the matching send plus `comm_s` and is posted as soon
+as the rank's previous receive completed (pipeline.execute's prefetch), and a send blocks while more
+than `max_inflight` of the rank's sends have not reached a posted receive (Transport.send).
 For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated groups the
 steady-state period is max over groups of (group cost / replicas), and the replay also gets the
 fill, the drain and round-robin remainders right, which the closed form only bounds.
@@ -64,13 +65,16 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
            max_inflight: int | None = 2) -> float:
     """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds.
 
-    Like Transport.send, a send returns at once unless more than `max_inflight` of the rank's sends
-    are undelivered; then the rank waits until the oldest has been received (None: never waits).
+    As in pipeline.execute and Transport: a rank posts each receive as soon as the previous one
+    completed; a send returns at once unless more than `max_inflight` of the rank's sends are
+    undelivered (None: never waits), and a send is delivered once it has arrived at a posted receive.
     """
     clock = {r: 0.0 for r in prog}
     pc = {r: 0 for r in prog}
-    sent: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
-    delivered: dict[tuple[int, int, int], float] = {}  # -> time the receiver took it
+    recvs = {r: [(a.peer, r, a.item) for a in acts if a.kind == "recv"] for r, acts in prog.items()}
+    posted = {keys[0]: 0.0 for keys in recvs.values() if keys}  # (src, dst, item) -> receive posted at
+    nrecv = {r: 0 for r in prog}
+    avail: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
     inflight: dict[int, deque[tuple[int, int, int]]] = {r: deque() for r in prog}
     pending = set(prog)
     while pending:
@@ -79,9 +83,11 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
             acts = prog[r]
             while True:
                 if max_inflight is not None and len(inflight[r]) > max_inflight:  # back-pressure
-                    if inflight[r][0] not in delivered:
+                    oldest = inflight[r][0]
+                    if oldest not in posted:
                         break
-                    clock[r] = max(clock[r], delivered.pop(inflight[r].popleft()))
+                    clock[r] = max(clock[r], avail[oldest], posted[oldest])
+                    inflight[r].popleft()
                     moved = True
                     continue
                 if pc[r] == len(acts):
@@ -90,14 +96,17 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                 a = acts[pc[r]]
                 if a.kind == "recv":
                     key = (a.peer, r, a.item)
-                    if key not in sent:
+                    if key not in avail:
                         break
-                    clock[r] = delivered[key] = max(clock[r], sent.pop(key))
+                    clock[r] = max(clock[r], avail[key])
+                    nrecv[r] += 1
+                    if nrecv[r] < len(recvs[r]):
+                        posted[recvs[r][nrecv[r]]] = clock[r]
                 elif a.kind == "compute":
                     clock[r] += rank_cost[r]
                 elif a.kind == "send":
                     key = (r, a.peer, a.item)
-                    sent[key] = clock[r] + comm_s
+                    avail[key] = clock[r] + comm_s
                     inflight[r].append(key)
                 pc[r] += 1
                 moved = True

@@ -24,7 +24,8 @@ from foley_dist.message import Message
 from foley_dist.metrics import Recorder, RankStats, chrome_trace, summarize
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.output import write_json_atomic
-from foley_dist.schedule import STAGES, Action, Topology, build_schedule, expand_layout, peers
+from foley_dist.pipeline import end_of_stream, execute
+from foley_dist.schedule import STAGES, Topology, build_schedule, expand_layout, peers
 from foley_dist.sink import Sink, finished_segments
 from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
 
@@ -59,57 +60,6 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
                                             device, autocast_dtype(cfg.hardware.precision, device), cfg.seam),
     }
     return [make[n]() for n in names]
-
-
-def execute(actions: list[Action], stages: list[torch.nn.Module], items: list[Message], tr: transport.Transport | None,
-            rec: Recorder, sink: Sink | None) -> None:
-    """Walk this rank's schedule. Messages wait in `held` between receive, compute and send.
-
-    After each receive the next one is posted at once, so it lands while this rank computes."""
-    held: dict[int, Message] = {}
-    sources = [a.peer for a in actions if a.kind == "recv"]
-    if sources:
-        tr.prefetch(sources[0])
-    for a in actions:
-        if a.kind == "recv":
-            with rec.span("recv", "comm", a.item):
-                msg = tr.recv(a.peer)
-            sources.pop(0)
-            if sources:
-                tr.prefetch(sources[0])
-            if msg.segment != a.item:
-                raise RuntimeError(f"expected item {a.item} from rank {a.peer}, got {msg.segment}: ranks are out of step")
-            held[a.item] = msg
-        elif a.kind == "compute":
-            msg = held.pop(a.item) if a.item in held else items[a.item]
-            for stage in stages:
-                if "error" in msg.meta:  # an upstream stage failed on this item: pass the reason on
-                    break
-                try:
-                    with rec.span(stage.name, "compute", a.item):
-                        msg = stage(msg)
-                except FoleyError as e:
-                    msg = Message(msg.segment, {}, {**msg.meta, "error": f"{stage.name}: {e}"})
-            held[a.item] = msg
-        elif a.kind == "send":
-            with rec.span("send", "comm", a.item):
-                tr.send(held.pop(a.item), a.peer)
-        else:
-            with rec.span("sink", "io", a.item):
-                sink.collect(held.pop(a.item))
-
-
-def end_of_stream(tr: transport.Transport, up: list[int], down: list[int], rec: Recorder) -> None:
-    """Tell downstream peers we are done and check upstream peers are too, so every rank exits cleanly."""
-    for dst in down:
-        tr.send(Message.end(), dst)
-    for src in up:
-        with rec.span("recv", "comm", -1):
-            msg = tr.recv(src)
-        if not msg.is_end:
-            raise RuntimeError(f"rank {src} sent item {msg.segment} after the last scheduled one: ranks are out of step")
-    with rec.span("flush", "comm", -1):
-        tr.flush()
 
 
 def log(rank: int, text: str) -> None:

@@ -111,25 +111,34 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
     """Each rank's ordered actions for `num_items` work items (segments), end-of-stream excluded.
 
     Group g's owner of item n receives it from group g-1's owner, computes its stages, and sends
-    the result to group g+1's owner; the last group's owner hands the result to the sink. Every rank
-    walks the items in increasing order, which is what makes the schedule deadlock-free: each wait
-    is for an item that every upstream rank handles no later than this one.
+    the result to group g+1's owner; the last group's owner hands the result to the sink (the last
+    rank, itself a replica of the last group). Every rank walks the items in increasing order, which
+    makes the schedule deadlock-free: each wait is for an item every upstream rank handles no later.
+    The sink's one exception: it computes its own next item *before* collecting the other replicas'
+    earlier ones (collects stay in item order), otherwise it would start each of its items a whole
+    stage late behind its peers; it lags at most one item per replica, which the bounded in-flight
+    sends absorb.
     """
     prog: dict[int, list[Action]] = {r: [] for r in range(topo.world_size)}
     last = len(topo.groups) - 1
+    pending: list[Action] = []  # the sink's receives + collects of items owned by other replicas
     for n in range(num_items):
         for g, group in enumerate(topo.groups):
             me = group.owner(n)
-            if g > 0:
-                prog[me].append(Action("recv", n, topo.groups[g - 1].owner(n)))
-            prog[me].append(Action("compute", n))
+            work = [Action("recv", n, topo.groups[g - 1].owner(n))] if g > 0 else []
+            work.append(Action("compute", n))
             if g < last:
-                prog[me].append(Action("send", n, topo.groups[g + 1].owner(n)))
+                work.append(Action("send", n, topo.groups[g + 1].owner(n)))
             elif me != topo.sink:
-                prog[me].append(Action("send", n, topo.sink))
+                work.append(Action("send", n, topo.sink))
+            if g == last and me == topo.sink:
+                prog[me] += work + pending + [Action("collect", n)]
+                pending = []
+            else:
+                prog[me] += work
         if topo.groups[last].owner(n) != topo.sink:
-            prog[topo.sink].append(Action("recv", n, topo.groups[last].owner(n)))
-        prog[topo.sink].append(Action("collect", n))
+            pending += [Action("recv", n, topo.groups[last].owner(n)), Action("collect", n)]
+    prog[topo.sink] += pending
     return prog
 
 

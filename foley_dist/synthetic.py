@@ -25,7 +25,7 @@ from torch import nn
 from foley_dist import transport
 from foley_dist.message import Message
 from foley_dist.metrics import RankStats, Recorder
-from foley_dist.runtime import end_of_stream, execute
+from foley_dist.pipeline import end_of_stream, execute
 from foley_dist.schedule import Action, Topology, build_schedule, peers
 
 SAMPLE_RATE = 48_000
@@ -109,7 +109,7 @@ def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: d
              max_inflight: int = 2, timeout_s: float = 60.0, schedule: dict[int, list[Action]] | None = None) -> RankResult:
     """Run the synthetic pipeline on this rank (env from torchrun or tests.distributed.ranks).
 
-    Uses runtime.execute and Transport with the production schedule (or `schedule`, to try another
+    Uses pipeline.execute and Transport with the production schedule (or `schedule`, to try another
     order); only the stages are synthetic. The clock starts after a barrier, so process start-up and
     rendezvous are not measured.
     """

@@ -151,7 +151,7 @@ class Transport:
         """Post the message without waiting for it, unless `max_inflight` sends are outstanding."""
         header, tensors = encode_header(msg)
         payload = pack(tensors, self.device)
-        frame = torch.zeros(FRAME_BYTES, dtype=torch.uint8, device=self.device)
+        frame = torch.empty(FRAME_BYTES, dtype=torch.uint8, device=self.device)  # bytes past the payload are never read
         frame[:HEADER_BYTES] = header.to(self.device)
         eager = min(payload.numel(), EAGER_BYTES)
         frame[HEADER_BYTES : HEADER_BYTES + eager] = payload[:eager]

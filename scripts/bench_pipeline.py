@@ -3,15 +3,14 @@ torch.distributed.pipelining, on real gloo ranks.
 
 Parts (--parts):
   1  foley_dist runtime with synthetic stages (fixed sleep per segment, real tensors) for each world
-     size, on the layout choose_layout picks (memory-bound by --memory/--capacity); also the same run
-     with the sink-first schedule proposed for schedule.build_schedule, and the best layout without a
-     memory limit. ideal_s replays the exact schedule that ran with the stage costs (autolayout.replay);
+     size, on the layout choose_layout picks (memory-bound by --memory/--capacity), and the best layout
+     without a memory limit. ideal_s replays the exact schedule that ran with the stage costs (autolayout.replay);
      formula_s is DESIGN.md's sum(t) + (M-1) * max(group cost / replicas).
   2  peers: torch.distributed.pipelining (PipelineStage + ScheduleGPipe, forward only) with the same
      synthetic stages. It has no replicas: at 3 ranks it runs [vision, fusion, diffusion] (compared with
      foley_dist on that layout); at every world size it also runs a layer split of diffusion over the
      spare ranks, which is optimistic for it (a real DiT split would cross ranks every sampling step).
-     The sequential runner is every stage in one process (runtime.execute, no process group).
+     The sequential runner is every stage in one process (pipeline.execute, no process group).
   3  the real tiny model end to end on a generated clip: 1 rank, 3 ranks [vision, fusion, diffusion],
      and choose_layout's layout for 3 ranks from the 1-rank run's measured stage costs (torchrun, gloo).
   4  transport overhead: Transport.send/recv (header + packed payload) against raw dist.send/recv of the
@@ -58,7 +57,6 @@ class Run:
     efficiency: float  # ideal_s / measured_s
     speedup: float | None = None  # sequential measured_s / measured_s
     formula_s: float | None = None
-    schedule: str = "in-order"
     note: str = ""
 
 
@@ -109,43 +107,22 @@ def launch(fn, world: int, *args, timeout: float = 600.0) -> list:
 
 # --- part 1: foley_dist runtime -------------------------------------------------------------------
 
-def sink_first(prog: dict[int, list[Action]], sink: int) -> dict[int, list[Action]]:
-    """The sink computes its own next item before draining the other replicas' earlier results.
-
-    In the production order the sink replica receives items n-k+1..n-1 from its peers before it may
-    compute its own item n, so it starts a full group cost late. Collects stay in item order.
-    """
-    out, pending, step = [], [], []
-    for a in prog[sink]:
-        step.append(a)
-        if a.kind != "collect":
-            continue
-        if any(x.kind == "compute" for x in step):
-            out += step[:-1] + pending + [a]
-            pending = []
-        else:
-            pending += step
-        step = []
-    return {**prog, sink: out + pending}
-
-
 def _rank_costs(topo: Topology, costs: dict[str, float]) -> dict[int, float]:
     return {r: sum(costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
 
 
-def _program(layout: list[str], world: int, m: int, order: str) -> tuple[Topology, dict[int, list[Action]]]:
+def _program(layout: list[str], world: int, m: int) -> tuple[Topology, dict[int, list[Action]]]:
     topo = Topology.parse(layout, world)
-    prog = build_schedule(topo, m)
-    return topo, sink_first(prog, topo.sink) if order == "sink-first" else prog
+    return topo, build_schedule(topo, m)
 
 
 def _synthetic_rank(*args) -> synthetic.RankResult:
     return synthetic.run_rank(*args)
 
 
-def run_foley(layout: list[str], world: int, costs: dict[str, float], m: int, order: str, part: int,
+def run_foley(layout: list[str], world: int, costs: dict[str, float], m: int, part: int,
               seq_s: float | None, note: str = "") -> Run:
-    topo, prog = _program(layout, world, m, order)
+    topo, prog = _program(layout, world, m)
     res = launch(_synthetic_rank, world, layout, costs, m, None, 2, 120.0, prog)
     received = res[topo.sink].received
     if received != [(n, synthetic.expected_audio_value(n), True) for n in range(m)]:
@@ -154,11 +131,11 @@ def run_foley(layout: list[str], world: int, costs: dict[str, float], m: int, or
     ideal = autolayout.replay(prog, _rank_costs(topo, costs))
     formula = sum(costs.values()) + (m - 1) * autolayout.period(topo, costs)
     return Run(part, "foley_dist", world, layout, m, measured, ideal, ideal / measured,
-               seq_s / measured if seq_s else None, formula, order, note)
+               seq_s / measured if seq_s else None, formula, note)
 
 
 def run_sequential(costs: dict[str, float], m: int) -> Run:
-    """Every stage in this process, no process group: runtime.execute on the one-rank layout."""
+    """Every stage in this process, no process group: pipeline.execute on the one-rank layout."""
     layout = ["+".join(STAGES)]
     for k in ("RANK", "WORLD_SIZE"):
         os.environ.pop(k, None)
@@ -168,28 +145,16 @@ def run_sequential(costs: dict[str, float], m: int) -> Run:
     return Run(1, "sequential", 1, layout, m, measured, ideal, ideal / measured, 1.0, ideal)
 
 
-def best_layout(costs: dict[str, float], world: int, m: int, order: str, memory, capacity) -> list[str]:
-    if order == "in-order":
-        return autolayout.choose_layout(costs, world, m, memory, capacity)
-    scored = []
-    for lay in autolayout.candidate_layouts(world, memory, capacity):
-        topo, prog = _program(lay, world, m, order)
-        scored.append((round(autolayout.replay(prog, _rank_costs(topo, costs)), 9), lay))
-    return min(scored)[1]
-
-
 def part_foley(args, costs, seq: Run) -> list[Run]:
     runs = []
     for world in args.world_sizes:
-        variants = [("in-order", args.memory, "auto, memory-bound"), ("sink-first", args.memory, "auto, memory-bound"),
-                    ("in-order", None, "auto, no memory limit")]
         seen = set()
-        for order, memory, note in variants:
-            layout = best_layout(costs, world, args.segments, order, memory, args.capacity)
-            if (order, tuple(layout)) in seen:
+        for memory, note in ((args.memory, "auto, memory-bound"), (None, "auto, no memory limit")):
+            layout = autolayout.choose_layout(costs, world, args.segments, memory, args.capacity)
+            if tuple(layout) in seen:
                 continue
-            seen.add((order, tuple(layout)))
-            runs.append(run_foley(layout, world, costs, args.segments, order, 1, seq.measured_s, note))
+            seen.add(tuple(layout))
+            runs.append(run_foley(layout, world, costs, args.segments, 1, seq.measured_s, note))
             print_run(runs[-1])
     return runs
 
@@ -212,12 +177,13 @@ class _TensorStage(nn.Module):
 
 def pipelining_partition(costs: dict[str, float], world: int) -> list[list[tuple[str, float]]]:
     """Ranks' (stage, seconds) lists: diffusion split evenly over the ranks vision and fusion leave."""
-    options = []
+    def split(head: list[list[tuple[str, float]]]) -> list[list[tuple[str, float]]]:
+        k = world - len(head)
+        return head + [[("diffusion", costs["diffusion"] / k)]] * k
+
+    options = [split([[("vision", costs["vision"]), ("fusion", costs["fusion"])]])]
     if world >= 3:
-        k = world - 2
-        options.append([[("vision", costs["vision"])], [("fusion", costs["fusion"])]] + [[("diffusion", costs["diffusion"] / k)]] * k)
-    k = world - 1
-    options.append([[("vision", costs["vision"]), ("fusion", costs["fusion"])]] + [[("diffusion", costs["diffusion"] / k)]] * k)
+        options.append(split([[("vision", costs["vision"])], [("fusion", costs["fusion"])]]))
     return min(options, key=lambda p: max(sum(c for _, c in r) for r in p))
 
 
@@ -274,7 +240,7 @@ def run_pipelining(costs: dict[str, float], world: int, m: int, seq_s: float | N
 
 def part_peers(args, costs, seq: Run) -> list[Run]:
     runs = [run_pipelining(costs, 3, args.segments, seq.measured_s, split=False),
-            run_foley(list(STAGES), 3, costs, args.segments, "in-order", 2, seq.measured_s, "one stage per rank")]
+            run_foley(list(STAGES), 3, costs, args.segments, 2, seq.measured_s, "one stage per rank")]
     for r in runs:
         print_run(r)
     for world in args.world_sizes:
@@ -285,15 +251,16 @@ def part_peers(args, costs, seq: Run) -> list[Run]:
 
 # --- part 3: the real tiny model ------------------------------------------------------------------
 
-def _generate(video: Path, out: Path, nproc: int, layout: list[str], steps: int, trace: Path | None) -> dict:
-    ranks = [e for entry in layout for e in [entry.split(" x")[0]] * (int(entry.split(" x")[1]) if " x" in entry else 1)]
+def _generate(video: Path, out: Path, layout: list[str], world: int, steps: int, trace: Path | None) -> dict:
+    """`foley-dist generate` on `world` ranks (torchrun when > 1); returns its run report."""
+    topo = Topology.parse(layout, world)
+    per_rank = ",".join("+".join(topo.stages_of(r)) for r in range(world))  # no 'xK' inside a CLI list
     args = [f"video={video}", f"output={out}", f"report={out.with_suffix('.json')}", f"model.steps={steps}",
-            "progress=false", "hardware.threads=1", "prompt=rain on a tin roof", "seed=1",
-            f"layout.ranks=[{','.join(ranks)}]"] + ([f"trace={trace}"] if trace else [])
-    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"] if nproc > 1
+            "progress=false", "hardware.threads=1", "vision.cache=off", "prompt=rain on a tin roof", "seed=1",
+            f"layout.ranks=[{per_rank}]"] + ([f"trace={trace}"] if trace else [])
+    cmd = ([sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world}"] if world > 1
            else [sys.executable]) + ["-m", "foley_dist", "generate", *args]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"}
-    p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    p = subprocess.run(cmd, capture_output=True, text=True, env={**os.environ, "OMP_NUM_THREADS": "1", "HF_HUB_OFFLINE": "1"})
     if p.returncode:
         raise RuntimeError(f"{' '.join(cmd)} failed:\n{p.stderr[-3000:]}")
     return json.loads(out.with_suffix(".json").read_text())
@@ -303,21 +270,24 @@ def part_model(args, workdir: Path) -> list[Run]:
     from foley_dist.testclip import make_clip
 
     video = make_clip(workdir / "clip.mp4", seconds=args.clip_seconds, width=160, height=96, fps=24, seed=3)
-    one = _generate(video, workdir / "one.wav", 1, ["+".join(STAGES)], args.steps, None)
+    single = ["+".join(STAGES)]
+    one = _generate(video, workdir / "one.wav", single, 1, args.steps, None)
     m = len(one["jobs"][0]["segments"])
     costs = {s: one["stage_busy_s"][s] / m for s in STAGES}
-    print(f"tiny model, {m} segments, {args.steps} steps: measured stage costs {({k: round(v, 3) for k, v in costs.items()})}")
-    runs = [Run(3, "sequential", 1, ["+".join(STAGES)], m, one["wall_s"], m * sum(costs.values()),
+    print(f"tiny model, {m} segments, {args.steps} steps, 1 thread per rank: stage s/segment "
+          f"{({k: round(v, 3) for k, v in costs.items()})}")
+    runs = [Run(3, "sequential", 1, single, m, one["wall_s"], m * sum(costs.values()),
                 m * sum(costs.values()) / one["wall_s"], 1.0, note="real tiny model, 1 process")]
     print_run(runs[-1])
     auto = autolayout.choose_layout(costs, 3, m)
-    for layout, note in [(list(STAGES), "real tiny model"), (auto, "real tiny model, auto layout")]:
-        if runs[-1].layout == layout:
+    for i, (layout, note) in enumerate([(list(STAGES), "real tiny model"), (auto, "real tiny model, auto layout")]):
+        if i and layout == list(STAGES):
             continue
-        rep = _generate(video, workdir / "pp.wav", 3, layout, args.steps, workdir / f"trace_{len(runs)}.json")
+        trace = workdir / f"trace{i}.json"
+        rep = _generate(video, workdir / f"pp{i}.wav", layout, 3, args.steps, trace)
         ideal = autolayout.predict_makespan(layout, costs, m, 3)
         runs.append(Run(3, "foley_dist", 3, layout, m, rep["wall_s"], ideal, ideal / rep["wall_s"],
-                        one["wall_s"] / rep["wall_s"], note=note + f"; trace {workdir / f'trace_{len(runs)}.json'}"))
+                        one["wall_s"] / rep["wall_s"], note=f"{note}; trace {trace}"))
         print_run(runs[-1])
     return runs
 
@@ -353,8 +323,8 @@ def _pingpong(sizes: list[int], reps: int) -> list[dict]:
                 if i >= 2:
                     times[kind].append((time.perf_counter() - t) / 2)
         tr.flush()
-        rows.append({"bytes": size, "raw_s": statistics.median(times["raw"]), "transport_s": statistics.median(times["transport"]),
-                     "reps": reps})
+        rows.append({"bytes": size, "reps": reps, "raw_s": statistics.median(times["raw"]),
+                     "transport_s": statistics.median(times["transport"])})
     transport.shutdown()
     return rows
 
@@ -371,13 +341,13 @@ def part_transport(args) -> list[dict]:
 
 # --- output ---------------------------------------------------------------------------------------
 
-HEADER = (f"{'part':>4} {'runner':<17} {'ranks':>5} {'layout':<42} {'sched':<10} {'measured':>9} {'ideal':>7} "
+HEADER = (f"{'part':>4} {'runner':<17} {'ranks':>5} {'layout':<42} {'measured':>9} {'ideal':>7} "
           f"{'eff':>5} {'speedup':>7}")
 
 
 def print_run(r: Run) -> None:
     speed = f"{r.speedup:>6.2f}x" if r.speedup else f"{'':>7}"
-    print(f"{r.part:>4} {r.runner:<17} {r.world_size:>5} {', '.join(r.layout):<42} {r.schedule:<10} "
+    print(f"{r.part:>4} {r.runner:<17} {r.world_size:>5} {', '.join(r.layout):<42} "
           f"{r.measured_s:>8.2f}s {r.ideal_s:>6.2f}s {r.efficiency:>5.2f} {speed}", flush=True)
 
 

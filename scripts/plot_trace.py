@@ -52,7 +52,8 @@ def plot(trace: dict, out: str | Path, setup: bool = False, title: str | None = 
             colour, hatch, _ = OTHER.get(s["cat"], OTHER["comm"])
             height = 0.5
         ax.broken_barh([(s["start"], s["dur"])], (row - height / 2, height), facecolors=colour, hatch=hatch,
-                       edgecolor="white" if s["cat"] == "compute" else "0.5", linewidth=0.5)
+                       edgecolor="white" if s["cat"] == "compute" else "0.5", linewidth=0.5,
+                       zorder=2 if s["cat"] == "compute" else 1)  # short compute spans stay visible
         if s["cat"] == "compute" and s["dur"] >= label_min and s["item"] >= 0:
             ax.text(s["start"] + s["dur"] / 2, row, str(s["item"]), ha="center", va="center", fontsize=7)
     ax.set_yticks(range(len(ranks)), [names[r] for r in ranks])

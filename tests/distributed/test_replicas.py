@@ -8,7 +8,7 @@ import torch.distributed as dist
 
 from foley_dist import synthetic, transport
 from foley_dist.metrics import Recorder
-from foley_dist.runtime import end_of_stream, execute
+from foley_dist.pipeline import end_of_stream, execute
 from foley_dist.schedule import Topology, build_schedule, peers
 from tests.distributed.ranks import run_ranks
 

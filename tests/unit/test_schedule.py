@@ -46,13 +46,26 @@ def test_every_send_has_a_matching_recv_in_order(layout, world):
     sends = [(r, a.peer, a.item) for r, acts in prog.items() for a in acts if a.kind == "send"]
     recvs = [(a.peer, r, a.item) for r, acts in prog.items() for a in acts if a.kind == "recv"]
     assert Counter(sends) == Counter(recvs)
-    for r, acts in prog.items():  # each rank walks items in increasing order: no deadlock by construction
-        items = [a.item for a in acts]
-        assert items == sorted(items)
+    for r, acts in prog.items():  # increasing item order per rank (the sink: per upstream link + collects)
+        for peer in {a.peer for a in acts if a.peer is not None}:
+            items = [a.item for a in acts if a.peer == peer]
+            assert items == sorted(items)
+        own = [a.item for a in acts if a.kind == "compute"]
+        assert own == sorted(own)
     collected = [a.item for a in prog[topo.sink] if a.kind == "collect"]
     assert collected == list(range(7))
+    sink = prog[topo.sink]
+    for i, a in enumerate(sink):  # every result is collected after it was computed or received
+        if a.kind == "collect":
+            assert any(b.item == a.item and b.kind in ("compute", "recv") for b in sink[:i])
     computes = Counter(a.item for acts in prog.values() for a in acts if a.kind == "compute")
     assert all(computes[n] == len(topo.groups) for n in range(7))
+
+
+def test_sink_computes_its_own_item_before_collecting_earlier_ones():
+    topo = Topology.parse(["vision+fusion", "diffusion x2"], 3)
+    sink = [str(a) for a in build_schedule(topo, 4)[2]]
+    assert sink == ["<1@0", "C1", "<0@1", "+0", "+1", "<3@0", "C3", "<2@1", "+2", "+3"]
 
 
 def test_grid_and_peers():
