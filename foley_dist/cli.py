@@ -3,6 +3,7 @@
     foley-dist generate video=clip.mp4 prompt="rain on a tin roof" output=out/rain.wav
     torchrun --nproc_per_node=3 -m foley_dist generate video=clip.mp4 prompt="..."
     torchrun --nproc_per_node=3 -m foley_dist batch manifest=jobs.jsonl output_root=out/batch
+    foley-dist plan resolution=2160p duration=600 gpus=4 gpu_memory=80GB model=hunyuan_xxl
 
 Exit codes: 0 success; 2 bad input or configuration (one line on stderr); 3 a peer rank failed or
 timed out; 4 a batch finished but some items failed (see its results file); 143 SIGTERM (pre-emption:
@@ -26,6 +27,8 @@ commands:
             model=tiny|hunyuan_xl|hunyuan_xxl model.path=DIR model.steps=50 layout=pipeline|single|replicated
             layout.ranks=[...] hardware=auto|cpu|gpu trace=PATH ...]
   batch     manifest=jobs.jsonl|jobs.csv [output_root=out/batch results=PATH ...same settings as generate]
+  plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH]
+            per-stage memory, FLOPs and time share, recommended layout, whether it fits
 Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
 
 
@@ -98,7 +101,13 @@ def batch(overrides: list[str]) -> int:
     return 4 if failed else 0
 
 
-COMMANDS = {"generate": generate, "batch": batch}
+def plan(overrides: list[str]) -> int:
+    from foley_dist.plan import plan_command
+
+    return plan_command(overrides)
+
+
+COMMANDS = {"generate": generate, "batch": batch, "plan": plan}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,9 +35,14 @@ class ModelConfig:
 
 @dataclass
 class LayoutConfig:
-    """One entry per rank; `a+b` co-locates stages, `stage xK` replicates over K ranks."""
+    """One entry per rank; `a+b` co-locates stages, `stage xK` replicates over K ranks; [auto] searches."""
 
     ranks: list[str] = field(default_factory=lambda: ["vision", "fusion", "diffusion"])
+    # auto: seconds per segment per stage (e.g. from an earlier run report's stage_busy_s / segments);
+    # empty = proportional to the stages' FLOPs from the model config
+    costs: dict[str, float] = field(default_factory=dict)
+    memory_gb: dict[str, float] = field(default_factory=dict)  # auto: per-stage memory, rules out groups...
+    capacity_gb: Optional[float] = None  # ...whose sum exceeds this per-rank capacity
 
 
 @dataclass

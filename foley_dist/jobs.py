@@ -19,6 +19,7 @@ from foley_dist.errors import FoleyError
 from foley_dist.segments import SegmentPlan
 from foley_dist.video import VideoInfo, probe
 
+MAX_SEGMENT_SECONDS = 15.0  # the longest clip HunyuanVideo-Foley was built for
 ITEM_OVERRIDES = {"model.steps": int, "model.guidance_scale": float, "model.negative_prompt": str}
 
 
@@ -59,6 +60,9 @@ def job_key(cfg: RunConfig, video: str, prompt: str, seed: int, overrides: dict)
 def make_job(cfg: RunConfig, video: str, prompt: str, output: str, seed: int, overrides: dict | None = None) -> Job:
     """Probe the video (raises FoleyError naming the problem) and cut its timeline into segments."""
     overrides = overrides or {}
+    if cfg.segment_seconds > MAX_SEGMENT_SECONDS:
+        raise FoleyError(f"segment_seconds={cfg.segment_seconds} exceeds the model's {MAX_SEGMENT_SECONDS} s window; "
+                         "long videos are handled by more segments, pass segment_seconds<=15")
     info = probe(video)
     plan = SegmentPlan.build(info.duration, cfg.segment_seconds, cfg.overlap_seconds)
     return Job(video, prompt, output, seed, info, plan, job_key(cfg, video, prompt, seed, overrides), overrides)

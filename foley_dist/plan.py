@@ -17,11 +17,12 @@ Nothing grows with video length (DESIGN.md invariant 3): duration only sets the 
 
 Precision: `bf16` plans the DiT with bf16 weights and activations (the official release runs it so);
 the encoders, the sampler state and the audio decoder stay fp32. The runtime today keeps fp32
-weights and autocasts the DiT, which costs fp32 weight memory (see the report of `plan`).
+weights and autocasts the DiT: until it casts the DiT's weights, they take twice the planned memory.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import asdict, dataclass, field
 from typing import Optional
@@ -49,7 +50,7 @@ from foley_dist.video import probe
 # --- calibration constants --------------------------------------------------------------------------
 # scripts/calibrate_plan.py measures each stage of `tiny` and a mid-size model in a fresh CPU process
 # (torch 2.13, 1 thread, glibc malloc with a fixed mmap threshold so that RSS follows the tensors)
-# and fits RUNTIME_OVERHEAD and ACTIVATION_FACTOR; all six stage estimates then land within 11 % of
+# and fits RUNTIME_OVERHEAD and ACTIVATION_FACTOR; all six stage estimates then land within 10 % of
 # the measured peaks. With glibc's default, adaptive threshold, freed 1-32 MB tensors stay resident
 # and a CPU rank's peak RSS of the audio decoder grows by up to 1.5x (allocation-history dependent).
 #
@@ -61,13 +62,13 @@ FRAMEWORK_RSS = 373e6
 # share of it is in CUDA_CONTEXT).
 RUNTIME_OVERHEAD = 28e6
 # Measured / structural activation bytes. The structural counts keep the largest tensors alive at
-# once (see the *_activations functions); the fit gives 0.97, i.e. no correction is needed.
+# once (see the *_activations functions); the fit gives 0.97-0.98, so none is applied.
 ACTIVATION_FACTOR = 1.0
 # Video decoder (PyAV/FFmpeg, H.264): fixed cost of codec contexts and threads, and source frames
 # kept besides the one being converted (references, delayed output, one per frame thread), fitted by
-# scripts/bench_resolution.py on 2 cores (360p-2160p: 7.6 MB, 7.1 frames). FFmpeg starts a frame
+# scripts/bench_resolution.py on 2 cores (decoder-only runs, 360p-2160p). FFmpeg starts a frame
 # thread per core, so a many-core host keeps more frames: about one more per extra core.
-DECODER_BASE = 8e6
+DECODER_BASE = 5e6
 DECODER_FRAMES = 7
 # oneDNN's blocked layouts pad conv channels to 16 (tiny's 4-channel audio decoder pays 4x).
 CONV_CHANNEL_ALIGN = 16
@@ -168,12 +169,18 @@ def tile_grid(vision: VisionConfig, width: int, height: int) -> TileGrid:
 
 def tile_crops(spec: ModelSpec, grid: TileGrid, vision: VisionConfig) -> int:
     """Cutting one working frame into encoder inputs (foley_dist.tiling): the larger of resizing its
-    tiles (uint8 stack, fp32 output, uint8 result) beside up to tile_batch - 1 images still queued,
-    and the queue concatenated for a batch (pending images + their copy)."""
+    tiles (uint8 stack, fp32 output, uint8 result) beside the images still queued (at most
+    tile_batch - gcd(images per frame, tile_batch)), and the queue concatenated for a batch."""
     n, side, tile = grid.images_per_frame, spec.visual.image_size, min(vision.tile_size, grid.height, grid.width)
-    image = 3 * side**2
-    resize = 3 * (n - 1) * (tile**2 + 5 * side**2) + (vision.tile_batch - 1) * image
-    return max(resize, 2 * (vision.tile_batch + n) * image)
+    image, queued = 3 * side**2, vision.tile_batch - math.gcd(n, vision.tile_batch)
+    resize = 3 * (n - 1) * (tile**2 + 5 * side**2) + queued * image
+    return max(resize, 2 * (queued + n) * image)
+
+
+def _decode_segment_peak(decoder: int, frames: int) -> int:
+    """decode_segment collects the converted frames while the decoder is open, then stacks them
+    after it closed (its fixed part, DECODER_BASE, stays allocated)."""
+    return max(decoder + frames, DECODER_BASE + 2 * frames)
 
 
 def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode: str,
@@ -181,8 +188,7 @@ def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode
     """Host bytes of decoding one segment for the vision stage, encoders left out. The visual and
     sync passes run one after the other, so the larger counts. `mode`:
 
-    model: frames scaled to model resolution inside the decoder (foley_dist.video, the default);
-           decode_segment holds the converted frames and their stacked copy.
+    model: frames scaled to model resolution inside the decoder (foley_dist.video, the default).
     naive: every sampled frame kept as full-resolution RGB, then resized: what a pipeline without
            decoder-side scaling holds.
     tiled: foley_dist.tiling: one working-resolution frame at a time, cut into tiles."""
@@ -190,20 +196,22 @@ def decode_memory(spec: ModelSpec, seconds: float, width: int, height: int, mode
     visual = _frame_bytes(seconds, spec.visual_fps, spec.visual.image_size)
     sync = _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size)
     if mode == "model":
-        return d + 2 * max(visual, sync)
+        return _decode_segment_peak(d, max(visual, sync))
     if mode == "naive":  # full-resolution frames, resized (the sync pass: to cover S x S, then cropped)
-        side = spec.sync.image_size
-        covering = 3 * max(side, round(height * side / min(width, height))) * max(side, round(width * side / min(width, height)))
+        side, short = spec.sync.image_size, min(width, height)
+        covering = 3 * max(side, round(height * side / short)) * max(side, round(width * side / short))
         sync_resized = round(seconds * spec.sync_fps) * (3 * width * height + covering) + sync
         return d + max(round(seconds * spec.visual_fps) * 3 * width * height + visual, sync_resized)
     if mode == "tiled":
         grid = tile_grid(vision, width, height)
-        return d + max(3 * grid.height * grid.width + tile_crops(spec, grid, vision), 2 * sync)
+        return max(d + 3 * grid.height * grid.width + tile_crops(spec, grid, vision), _decode_segment_peak(d, sync))
     raise ValueError(f"unknown decode mode {mode!r}")
 
 
 @dataclass(frozen=True)
 class VisionMemory:
+    """Peak bytes of the vision stage, by where they live."""
+
     device: int  # encoder working set and the frames it encodes, on the stage's device
     host: int  # decoding: decoder + decoded frames, in host memory
     cpu: int  # the largest phase when both share one memory (a CPU rank)
@@ -212,18 +220,20 @@ class VisionMemory:
 def vision_memory(spec: ModelSpec, seconds: float, width: int, height: int, vision: VisionConfig) -> VisionMemory:
     """Phases: decode the visual frames, encode them; decode the sync frames, encode them (tiled
     visual encoding streams: decode and encode overlap)."""
-    d, sync_decode = decoder_bytes(width, height), 2 * _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size)
+    d = decoder_bytes(width, height)
+    sync_decode = _decode_segment_peak(d, _frame_bytes(seconds, spec.sync_fps, spec.sync.image_size))
     sync_encode = sync_encode_phase(spec.sync, seconds)
-    if vision.tiling:
+    if vision.tiling:  # tiles are cut on the host, a batch at a time goes to the device
         grid = tile_grid(vision, width, height)
-        visual = tile_crops(spec, grid, vision) + visual_activations(spec.visual, vision.tile_batch)
-        visual_cpu = d + 3 * grid.height * grid.width + visual
+        encode = visual_activations(spec.visual, vision.tile_batch)
+        visual = vision.tile_batch * 3 * spec.visual.image_size**2 + encode
+        visual_cpu = d + 3 * grid.height * grid.width + tile_crops(spec, grid, vision) + encode
     else:
         frames = _frame_bytes(seconds, spec.visual_fps, spec.visual.image_size)
         visual = frames + visual_activations(spec.visual, min(VISUAL_BATCH, round(seconds * spec.visual_fps)))
-        visual_cpu = max(visual, d + 2 * frames)
+        visual_cpu = max(visual, _decode_segment_peak(d, frames))
     host = decode_memory(spec, seconds, width, height, "tiled" if vision.tiling else "model", vision)
-    return VisionMemory(max(visual, sync_encode), host, max(visual_cpu, d + sync_decode, sync_encode))
+    return VisionMemory(max(visual, sync_encode), host, max(visual_cpu, sync_decode, sync_encode))
 
 
 def text_activations(spec: ModelSpec) -> int:
@@ -457,11 +467,11 @@ def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int
             f"{grid.images_per_frame}x the SigLIP work")
 
 
-def make_plan(cfg: PlanConfig, spec: ModelSpec | None = None) -> dict:
+def make_plan(cfg: PlanConfig) -> dict:
     """The plan as a JSON-ready dict; raises FoleyError for configurations that cannot run."""
     if cfg.gpus < 1:
         raise FoleyError(f"gpus={cfg.gpus}: the planner needs at least one GPU; pass gpus=1 or more")
-    spec = spec or ModelSpec.named(cfg.model.name)
+    spec = ModelSpec.named(cfg.model.name)
     precision = resolve_precision(cfg.precision)
     width, height, duration = source(cfg)
     budget = parse_memory(cfg.gpu_memory)
@@ -490,13 +500,14 @@ def make_plan(cfg: PlanConfig, spec: ModelSpec | None = None) -> dict:
         "gpus": cfg.gpus,
         "gpu_memory_bytes": budget,
         "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
-                       "host_bytes": int(FRAMEWORK_RSS + e.host), "time_share": e.flops / total_flops}
+                       "host_bytes": int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + e.host), "time_share": e.flops / total_flops}
                    for s, e in est.items()},
         "layout": layout,
         "ranks": ranks,
         "fits": all(r["gpu_bytes"] <= budget for r in ranks),
         "tiling": tiling_advice(spec, cfg.vision, width, height),
-        "calibration": {"framework_rss": FRAMEWORK_RSS, "activation_factor": ACTIVATION_FACTOR,
+        "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
+                        "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
                         "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
     }
 
@@ -505,8 +516,8 @@ def format_plan(plan: dict) -> str:
     gb, src = 1e9, plan["source"]
     lines = [
         f"model {plan['model']}, {plan['precision']} ({plan['precision_note']})",
-        f"source {src['width']}x{src['height']}, {src['duration_s']:.1f} s -> {plan['segments']} segment(s) of "
-        f"{plan['segment_seconds']:g} s; {plan['gpus']} GPU(s) of {plan['gpu_memory_bytes'] / gb:.1f} GB",
+        (f"source {src['width']}x{src['height']}, {src['duration_s']:.1f} s -> {plan['segments']} segment(s) of "
+         f"{plan['segment_seconds']:g} s; {plan['gpus']} GPU(s) of {plan['gpu_memory_bytes'] / gb:.1f} GB"),
         "",
         f"{'stage':<10} {'weights GB':>10} {'activ. GB':>10} {'GPU GB':>8} {'host GB':>8} {'GFLOP/seg':>10} {'time':>6}",
     ]
@@ -515,9 +526,13 @@ def format_plan(plan: dict) -> str:
                      f"{s['host_bytes'] / gb:>8.2f} {s['flops'] / 1e9:>10.1f} {s['time_share']:>6.1%}")
     lines += ["", f"layout: {plan['layout']}", f"{'ranks':<8} {'stages':<26} {'GPU GB':>8} {'fits':>5}"]
     for r in plan["ranks"]:
-        lines.append(f"{','.join(map(str, r['ranks'])):<8} {'+'.join(r['stages']):<26} {r['gpu_bytes'] / gb:>8.2f} "
+        ranks = str(r["ranks"][0]) + (f"-{r['ranks'][-1]}" if len(r["ranks"]) > 1 else "")
+        lines.append(f"{ranks:<8} {'+'.join(r['stages']):<26} {r['gpu_bytes'] / gb:>8.2f} "
                      f"{'yes' if r['gpu_bytes'] <= plan['gpu_memory_bytes'] else 'NO':>5}")
-    lines += [f"tiling: {plan['tiling']}"]
+    largest = max(r["gpu_bytes"] for r in plan["ranks"])
+    lines.append(f"fits: {'yes' if plan['fits'] else 'NO'} (largest rank {largest / gb:.2f} GB of "
+                 f"{plan['gpu_memory_bytes'] / gb:.1f} GB)")
+    lines.append(f"tiling: {plan['tiling']}")
     return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ from pathlib import Path
 import torch
 
 from foley_dist import transport
+from foley_dist.autolayout import choose_layout, predict_makespan
 from foley_dist.config import RunConfig
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
@@ -24,6 +25,7 @@ from foley_dist.message import Message
 from foley_dist.metrics import Recorder, RankStats, chrome_trace, summarize
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.output import write_json_atomic
+from foley_dist.plan import stage_flops
 from foley_dist.pipeline import end_of_stream, execute
 from foley_dist.schedule import STAGES, Topology, build_schedule, expand_layout, peers
 from foley_dist.sink import Sink, finished_segments
@@ -74,14 +76,27 @@ class Outcome:
     status: dict[int, dict]
 
 
+def stage_costs(cfg: RunConfig, spec: ModelSpec) -> dict[str, float]:
+    """Per-segment stage costs for layout search: configured seconds, else proportional to FLOPs."""
+    if cfg.layout.costs:
+        return dict(cfg.layout.costs)
+    flops = stage_flops(spec, cfg.segment_seconds, cfg.model.steps, cfg.model.guidance_scale)
+    return {k: v / max(flops.values()) for k, v in flops.items()}
+
+
 def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome | None:
     """Run `jobs` through the pipeline on this rank. Returns the outcome on the sink rank, else None."""
     env = transport.detect_env(cfg.hardware.device)
-    expand_layout(cfg.layout.ranks)  # a bad layout is an error even where one process runs every stage
-    topo = Topology.parse(cfg.layout.ranks if env.world_size > 1 else ["+".join(STAGES)], env.world_size)
+    spec = ModelSpec.named(cfg.model.name)
+    if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
+        layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
+                               cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
+    else:
+        expand_layout(cfg.layout.ranks)  # a bad layout is an error even where one process runs every stage
+        layout = cfg.layout.ranks if env.world_size > 1 else ["+".join(STAGES)]
+    topo = Topology.parse(layout, env.world_size)
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
-    spec = ModelSpec.named(cfg.model.name)
     weights_root(spec, cfg.model)
     if cfg.seam == "continuation" and len(topo.groups[-1].ranks) > 1:
         raise FoleyError("seam=continuation samples segments one after another, so diffusion replicas would idle; "
@@ -142,6 +157,10 @@ def build_report(cfg: RunConfig, topo: Topology, jobs: list[Job], ranks: list[Ra
                      "precision": cfg.hardware.precision},
         **summarize(ranks),
     }
+    segments = sum(len(j.plan) for j in jobs) - resumed
+    measured = {k: v / segments for k, v in report["stage_busy_s"].items()} if segments else {}
+    if set(measured) == set(STAGES):  # the scheduling model fed with this run's own stage costs
+        report["predicted_makespan_s"] = round(predict_makespan(topo, measured, segments, max_inflight=cfg.hardware.max_inflight), 3)
     if cfg.trace:
         write_json_atomic(cfg.trace, chrome_trace(ranks))
     return report

@@ -235,7 +235,7 @@ def run_pipelining(costs: dict[str, float], world: int, m: int, seq_s: float | N
     layout = ["+".join(n if abs(c - costs[n]) < 1e-12 else f"{n}/{round(costs[n] / c)}" for n, c in r) for r in partition]
     note = "diffusion layer-split (optimistic: ignores per-step cross-rank traffic)" if split else "one stage per rank"
     return Run(2, "torch_pipelining", world, layout, m, measured, ideal, ideal / measured,
-               seq_s / measured if seq_s else None, ideal, "gpipe", note)
+               seq_s / measured if seq_s else None, ideal, f"GPipe; {note}")
 
 
 def part_peers(args, costs, seq: Run) -> list[Run]:

@@ -8,12 +8,13 @@ encoders left out, three ways:
     naive  decode each sampled frame to full-resolution RGB into one [T, H, W, 3] array (as a
            decord `get_batch` pipeline does), then resize
     model  foley_dist.video.decode_segment: swscale scales straight to model resolution
-    tiled  foley_dist.tiling: stream working-resolution frames, cut and resize tiles in batches
+    tiled  foley_dist.tiling: stream working-resolution frames (video.iter_frames), cut and resize tiles
            (the tile encoder is a stand-in that just subsamples: the SigLIP cost is not decoding)
+    decoder the decoder alone: frames converted to 16 x 16 and dropped; the planner's decoder
+           constants (DECODER_BASE, DECODER_FRAMES) are fitted on these rows
 
 Each (resolution, mode) runs in a fresh process with a fixed glibc mmap threshold, so RSS follows the
 tensors (see scripts/calibrate_plan.py); peak = peak RSS (VmHWM, reset after the imports) minus RSS then.
-The decoder constants of the planner (DECODER_BASE, DECODER_FRAMES) are fitted on the `model` rows.
 
     python scripts/bench_resolution.py [--json out/bench_resolution.json] [--workdir /tmp/foley_res]
 """
@@ -29,7 +30,7 @@ import time
 from pathlib import Path
 
 RESOLUTIONS = ("360p", "480p", "720p", "1080p", "1440p", "2160p")
-MODES = ("naive", "model", "tiled")
+MODES = ("naive", "model", "tiled", "decoder")
 SECONDS, FPS = 10.0, 25
 SPEC = "hunyuan_xxl"  # only its encoder input sizes and frame rates are used
 ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
@@ -53,38 +54,23 @@ def peak() -> float:
     return _status("VmHWM")
 
 
-def naive_frames(path: str, times: list[float]):
-    """Full-resolution RGB [T, H, W, 3] of the frames on screen at increasing `times`."""
+def naive_pass(path: str, times: list[float], side: int, crop: bool):
+    """Every sampled frame as full-resolution RGB in one [T, 3, H, W] array (as a decord `get_batch`
+    pipeline holds them), then resized to S x S, or to cover S x S and centre-cropped."""
     import torch
-
-    from foley_dist import video
-
-    info = video.probe(path)
-    out = torch.empty(len(times), info.height, info.width, 3, dtype=torch.uint8)
-    with video._open(path) as container:
-        stream = video._video_stream(container, path)
-        stream.thread_type = video.PYAV_THREAD_TYPE
-        k, held = 0, None
-        for t, frame in video._frames_from(container, stream, times[0]):
-            while k < len(times) and times[k] + video.TIME_TOLERANCE < t:
-                out[k] = torch.from_numpy((held or frame).to_ndarray(format="rgb24"))
-                k += 1
-            held = frame
-        while k < len(times):  # past the end: the last frame
-            out[k] = torch.from_numpy(held.to_ndarray(format="rgb24"))
-            k += 1
-    return out
-
-
-def naive_pass(path: str, times: list[float], side: int, mode: str):
     import torch.nn.functional as F
 
     from foley_dist import video
 
-    frames = naive_frames(path, times).permute(0, 3, 1, 2)  # channels-last view, no copy
-    h, w = video._scaled_size(frames.shape[-1], frames.shape[-2], (side, side), mode)
-    out = F.interpolate(frames, size=(h, w), mode="bilinear", antialias=True)
-    return video._center_crop(out, (side, side)).contiguous() if mode == "center_crop" else out
+    info = video.probe(path)
+    frames = torch.empty(len(times), 3, info.height, info.width, dtype=torch.uint8)
+    for k, frame in enumerate(video.iter_frames(path, times, (info.height, info.width))):
+        frames[k] = frame
+    scale = side / min(info.height, info.width) if crop else None
+    size = (max(side, round(info.height * scale)), max(side, round(info.width * scale))) if crop else (side, side)
+    out = F.interpolate(frames, size=size, mode="bilinear", antialias=True)
+    top, left = (size[0] - side) // 2, (size[1] - side) // 2
+    return out[..., top : top + side, left : left + side].contiguous() if crop else out
 
 
 def child(mode: str, path: str) -> None:
@@ -105,17 +91,21 @@ def child(mode: str, path: str) -> None:
     for seg in plan.segments:
         vt, st = video.sample_times(seg, spec.visual_fps), video.sample_times(seg, spec.sync_fps)
         if mode == "naive":
-            features = naive_pass(path, vt, visual, "resize")
+            features = naive_pass(path, vt, visual, crop=False)
             del features
-            features = naive_pass(path, st, sync, "center_crop")
+            features = naive_pass(path, st, sync, crop=True)
         elif mode == "model":
             features = video.decode_segment(path, vt, (visual, visual), "resize")
             del features
             features = video.decode_segment(path, st, (sync, sync), "center_crop")
+        elif mode == "decoder":
+            for _ in video.iter_frames(path, st, (16, 16)):
+                pass
+            features = None
         else:
             grid = tiling.plan_grid(info.height, info.width, vision.tile_size, vision.overlap_ratio)
             features = tiling.encode_tiled(lambda x: x[:, :, ::64, ::64].float().flatten(1),
-                                           tiling.stream_frames(path, vt, (grid.height, grid.width)), grid, visual,
+                                           video.iter_frames(path, vt, (grid.height, grid.width)), grid, visual,
                                            vision.tile_batch)
             del features
             features = video.decode_segment(path, st, (sync, sync), "center_crop")
@@ -124,14 +114,9 @@ def child(mode: str, path: str) -> None:
 
 
 def fit_decoder(rows: list[dict]) -> tuple[float, float]:
-    """Least squares of (model-mode peak - converted frames) = base + (1 + frames) * 1.5 W H."""
-    from foley_dist import plan
-    from foley_dist.models.foley import ModelSpec
-
-    spec = ModelSpec.named(SPEC)
-    frames = plan.decode_memory(spec, 5.0, 2, 2, "model") - plan.decoder_bytes(2, 2)
-    xs = [1.5 * r["width"] * r["height"] for r in rows if r["mode"] == "model"]
-    ys = [r["peak_mb"] * MB - frames for r in rows if r["mode"] == "model"]
+    """Least squares of the decoder-only peak = base + (1 + frames) * 1.5 W H."""
+    xs = [1.5 * r["width"] * r["height"] for r in rows if r["mode"] == "decoder"]
+    ys = [r["peak_mb"] * MB for r in rows if r["mode"] == "decoder"]
     mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
     slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
     return my - slope * mx, slope - 1
@@ -166,11 +151,11 @@ def main() -> None:
             encode_s = time.perf_counter() - start
         for mode in MODES:
             out = subprocess.run([sys.executable, __file__, "--child", mode, str(clip)], capture_output=True, text=True,
-                                 env={**os.environ, **ENV})
+                                 env={**os.environ, **ENV}, check=False)
             if out.returncode:
                 raise RuntimeError(f"{name} {mode} failed:\n{out.stderr[-3000:]}")
             m = json.loads(out.stdout.strip().splitlines()[-1])
-            estimate = plan.decode_memory(spec, 5.0, width, height, mode)
+            estimate = plan.decoder_bytes(width, height) if mode == "decoder" else plan.decode_memory(spec, 5.0, width, height, mode)
             rows.append({"resolution": name, "width": width, "height": height, "mode": mode, "peak_mb": m["peak"] / MB,
                          "plan_mb": estimate / MB, "error": estimate / m["peak"] - 1, "wall_s": m["wall_s"],
                          "realtime": SECONDS / m["wall_s"], "clip_encode_s": encode_s})
@@ -178,7 +163,7 @@ def main() -> None:
             print(f"{name + ' ' + str(width) + 'x' + str(height):<18} {mode:<6} {r['peak_mb']:>9.1f} {r['plan_mb']:>9.1f} "
                   f"{r['error']:>+7.1%} {r['wall_s']:>9.2f} {r['realtime']:>10.1f}", flush=True)
     base, frames = fit_decoder(rows)
-    print(f"\nfitted decoder constants (model rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
+    print(f"\nfitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
           f"(planner uses {plan.DECODER_BASE / MB:.1f} MB, {plan.DECODER_FRAMES}); clip encode seconds: "
           + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
     if args.json:

@@ -57,6 +57,7 @@ def test_every_rank_reports_under_torchrun(bad_inputs, case, tmp_path):
     ("segment_seconds=5 overlap_seconds=5", "overlap_seconds=5.0 must be"),
     ("layout.ranks=[vision,diffusion]", "exactly once"),
     ("model=hunyuan_xl", "model.path"),
+    ("segment_seconds=20", "15 s window"),
 ])
 def test_bad_config_is_one_line(clip12, override, needle, tmp_path):
     r = run_cli(["generate", f"video={clip12}", f"output={tmp_path / 'o.wav'}", *override.split()], timeout=60)

@@ -33,6 +33,7 @@ def test_serial_output_shape_and_report(serial):
     assert np.isfinite(audio).all() and np.abs(audio).max() > 0
     assert report["jobs"][0]["segments"] == [[0.0, 5.0], [4.0, 9.0], [7.0, 12.0]]
     assert report["world_size"] == 1 and set(report["stage_busy_s"]) == {"vision", "fusion", "diffusion"}
+    assert report["predicted_makespan_s"] == pytest.approx(sum(report["stage_busy_s"].values()), rel=1e-3)
 
 
 def test_three_ranks_bit_identical_to_single_process(serial, clip12, tmp_path):
@@ -47,11 +48,13 @@ def test_three_ranks_bit_identical_to_single_process(serial, clip12, tmp_path):
     (1, "layout=single"),
     (2, "layout.ranks=[vision+fusion,diffusion]"),
     (4, "layout=replicated"),  # [vision+fusion, diffusion x3]: round-robin replicas, sink re-orders
+    (3, "layout=auto"),  # no memory limit on CPU: every stage replicated on every rank
 ])
 def test_layouts_give_the_same_audio(serial, clip12, tmp_path, nproc, layout):
     audio, _, report = _generate(clip12, tmp_path / "out.wav", nproc=nproc, extra=[layout])
     assert report["world_size"] == nproc
     assert np.array_equal(audio, serial[0])
+    assert report["predicted_makespan_s"] > 0  # the scheduling model fed with this run's stage costs
 
 
 def test_seed_changes_audio(serial, clip12, tmp_path):

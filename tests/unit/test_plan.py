@@ -1,0 +1,148 @@
+"""Resource planner: parameter memory, FLOPs, resolution (in)dependence, layouts, refusals, the command."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+from foley_dist import plan
+from foley_dist.config import VisionConfig, load
+from foley_dist.errors import FoleyError
+from foley_dist.models.dac_vae import AudioDecoder
+from foley_dist.models.foley import ModelSpec
+from foley_dist.models.hunyuan_dit import HunyuanDiT
+from foley_dist.models.siglip import VisualEncoder
+from foley_dist.models.synchformer import SyncEncoder
+from foley_dist.schedule import Topology
+
+
+def _cfg(*overrides: str) -> plan.PlanConfig:
+    return load("plan", list(overrides))
+
+
+@pytest.fixture(scope="module")
+def xxl() -> ModelSpec:
+    return ModelSpec.named("hunyuan_xxl")
+
+
+def test_weights_are_parameter_counts_times_bytes(xxl):
+    params = plan.part_params(xxl)
+    est = plan.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
+    assert est["vision"].weights == 4 * (params["visual"] + params["sync"])
+    assert est["fusion"].weights == 4 * params["text"] + 2 * params["dit"]  # fusion builds the whole DiT too
+    assert est["diffusion"].weights == 2 * params["dit"] + 4 * params["vae"]
+    assert 10.2e9 < 2 * params["dit"] < 10.35e9  # XXL DiT in bf16: ~10.3 GB
+    fp32 = plan.estimate_stages(xxl, "fp32", 5.0, 1920, 1080, 50, 4.5, params=params)
+    assert fp32["diffusion"].weights - est["diffusion"].weights == 2 * params["dit"]
+
+
+def test_encoder_and_decoder_flops_match_torch_flop_counter():
+    spec = ModelSpec.named("tiny")
+    visual, sync, vae = VisualEncoder.from_config(spec.visual), SyncEncoder(spec.sync).eval(), AudioDecoder(spec.vae).eval()
+    runs = [
+        (lambda: visual(torch.zeros(4, 3, spec.visual.image_size, spec.visual.image_size, dtype=torch.uint8)),
+         plan.visual_flops(spec.visual, 4)),
+        (lambda: sync(torch.zeros(25, 3, spec.sync.image_size, spec.sync.image_size, dtype=torch.uint8)),
+         plan.sync_flops(spec.sync, 25)),
+        (lambda: vae(torch.zeros(1, 128, 50)), plan.vae_flops(spec.vae, 50)),
+    ]
+    for run, analytic in runs:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+            run()
+        assert analytic == pytest.approx(counter.get_total_flops(), rel=0.02)
+
+
+def test_dit_count_matches_the_module():
+    spec = ModelSpec.named("tiny")
+    with torch.device("meta"):
+        assert plan.part_params(spec)["dit"] == sum(p.numel() for p in HunyuanDiT(spec.dit).parameters())
+
+
+@pytest.mark.parametrize("tiling,small_size", [(False, (640, 360)), (True, (3840, 2160))])
+def test_only_the_decoder_grows_with_source_resolution(xxl, tiling, small_size):
+    """Frames reach the encoders at model resolution; tiled encoding stops growing at MAX_TILES (4K)."""
+    vision = VisionConfig(tiling=tiling)
+    small = plan.estimate_stages(xxl, "bf16", 5.0, *small_size, 50, 4.5, vision)
+    large = plan.estimate_stages(xxl, "bf16", 5.0, 7680, 4320, 50, 4.5, vision)
+    for stage in ("fusion", "diffusion"):
+        assert small[stage] == large[stage]
+    assert small["vision"].activations == large["vision"].activations
+    growth = plan.decoder_bytes(7680, 4320) - plan.decoder_bytes(*small_size)
+    assert 0 < large["vision"].host - small["vision"].host <= growth
+
+
+def test_decode_modes_at_4k(xxl):
+    naive, model, tiled = (plan.decode_memory(xxl, 5.0, 3840, 2160, m) for m in ("naive", "model", "tiled"))
+    assert naive > 10 * model  # 125 full-size RGB frames vs frames scaled in the decoder
+    assert model < tiled < naive
+
+
+def test_memory_does_not_depend_on_duration():
+    short, long = plan.make_plan(_cfg("resolution=1080p", "duration=10")), plan.make_plan(_cfg("resolution=1080p", "duration=36000"))
+    assert short["stages"] == long["stages"] and long["segments"] > 100 * short["segments"]
+
+
+def test_four_gpus_xxl():
+    p = plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=2160p", "duration=600", "gpus=4", "gpu_memory=80GB"))
+    assert Topology.parse(p["layout"], 4).world_size == 4 and p["fits"]
+    assert p["precision"] == "bf16" and p["stages"]["diffusion"]["time_share"] > 0.8
+    assert sum(s["time_share"] for s in p["stages"].values()) == pytest.approx(1.0)
+
+
+def test_tight_memory_splits_the_stages():
+    """fp32 XXL does not fit one 23 GB GPU with every stage: the layout separates the heavy stages."""
+    p = plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=600", "gpus=4", "gpu_memory=23GB",
+                            "precision=fp32"))
+    topo = Topology.parse(p["layout"], 4)
+    assert p["fits"] and all(r["gpu_bytes"] <= 23e9 for r in p["ranks"])
+    assert not any({"fusion", "diffusion"} <= set(g.stages) for g in topo.groups)
+    assert sum(len(g.ranks) for g in topo.groups if "diffusion" in g.stages) >= 2
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["resolution=1080p", "duration=60", "gpus=0"], "gpus=0"),
+    (["resolution=1080p", "duration=0"], "duration=0.0 must be > 0"),
+    (["resolution=1080p", "duration=-5"], "must be > 0"),
+    (["resolution=8kk", "duration=60"], "resolution='8kk' is not understood"),
+    (["duration=60"], "pass resolution=1080p"),
+    (["resolution=1080p"], "pass duration="),
+    (["resolution=1080p", "duration=60", "gpu_memory=lots"], "gpu_memory='lots'"),
+    (["resolution=1080p", "duration=60", "precision=fp8"], "precision='fp8'"),
+    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpu_memory=16GB", "precision=fp32"],
+     "alone needs"),
+    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", "gpu_memory=23GB", "precision=fp32"],
+     "no layout of 1 GPU(s) fits"),
+])
+def test_impossible_configs_are_refused_in_one_line(overrides, needle):
+    with pytest.raises(FoleyError) as e:
+        plan.make_plan(_cfg(*overrides))
+    assert needle in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("text,size", [("2160p", (3840, 2160)), ("4K", (3840, 2160)), ("1280x720", (1280, 720))])
+def test_parse_resolution(text, size):
+    assert plan.parse_resolution(text) == size
+
+
+@pytest.mark.parametrize("text,size", [("80GB", 80e9), ("24 GiB", 24 * 2**30), ("81920MiB", 81920 * 2**20), ("40", 40e9)])
+def test_parse_memory(text, size):
+    assert plan.parse_memory(text) == size
+
+
+def test_video_gives_resolution_and_duration(clip12):
+    p = plan.make_plan(_cfg(f"video={clip12}"))
+    assert (p["source"]["width"], p["source"]["height"]) == (160, 96)
+    assert p["source"]["duration_s"] == pytest.approx(12.0, abs=0.1) and p["segments"] == 3
+    assert plan.make_plan(_cfg(f"video={clip12}", "resolution=2160p"))["source"]["width"] == 3840  # explicit wins
+
+
+def test_plan_command_prints_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert plan.plan_command(["model=hunyuan_xl", "resolution=1080p", "duration=120", "gpus=2", f"json={out}"]) == 0
+    text = capsys.readouterr().out
+    assert "layout:" in text and "diffusion" in text and str(out) in text
+    data = json.loads(out.read_text())
+    assert data["model"] == "hunyuan_xl" and data["gpus"] == 2 and set(data["stages"]) == {"vision", "fusion", "diffusion"}
