@@ -61,8 +61,8 @@ def make_job(cfg: RunConfig, video: str, prompt: str, output: str, seed: int, ov
     """Probe the video (raises FoleyError naming the problem) and cut its timeline into segments."""
     overrides = overrides or {}
     if cfg.segment_seconds > MAX_SEGMENT_SECONDS:
-        raise FoleyError(f"segment_seconds={cfg.segment_seconds} exceeds the model's {MAX_SEGMENT_SECONDS} s window; "
-                         "long videos are handled by more segments, pass segment_seconds<=15")
+        raise FoleyError(f"segment_seconds={cfg.segment_seconds} exceeds the model's {MAX_SEGMENT_SECONDS:g} s window; "
+                         f"long videos are handled by more segments, pass segment_seconds<={MAX_SEGMENT_SECONDS:g}")
     info = probe(video)
     plan = SegmentPlan.build(info.duration, cfg.segment_seconds, cfg.overlap_seconds)
     return Job(video, prompt, output, seed, info, plan, job_key(cfg, video, prompt, seed, overrides), overrides)

@@ -132,3 +132,21 @@ def chrome_trace(ranks: list[RankStats]) -> dict:
                 "args": {"item": s.item, "stage": s.name},
             })
     return {"traceEvents": events, "displayTimeUnit": "ms"}
+
+
+def _proc_status(key: str) -> float:
+    """A /proc/self/status memory figure in bytes (Linux)."""
+    line = next(x for x in open("/proc/self/status").read().splitlines() if x.startswith(key + ":"))
+    return float(line.split()[1]) * 1024
+
+
+def reset_peak_rss() -> float:
+    """Reset the kernel's peak-RSS mark to the current RSS and return it (Linux). ru_maxrss cannot be
+    reset, so a transient during imports would hide a smaller working set measured after them."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _proc_status("VmRSS")
+
+
+def peak_rss_since_reset() -> float:
+    return _proc_status("VmHWM")

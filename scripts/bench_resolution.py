@@ -29,29 +29,14 @@ import sys
 import time
 from pathlib import Path
 
+from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
+
 RESOLUTIONS = ("360p", "480p", "720p", "1080p", "1440p", "2160p")
 MODES = ("naive", "model", "tiled", "decoder")
 SECONDS, FPS = 10.0, 25
 SPEC = "hunyuan_xxl"  # only its encoder input sizes and frame rates are used
 ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
 MB = 1e6
-
-
-def _status(key: str) -> float:
-    """A /proc/self/status memory figure in bytes (Linux)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
-    return float(line.split()[1]) * 1024
-
-
-def reset_peak() -> float:
-    """Reset the peak-RSS mark to the current RSS and return it. ru_maxrss cannot be reset, so a
-    transient during the imports would hide any smaller working set measured after them."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
-
-
-def peak() -> float:
-    return _status("VmHWM")
 
 
 def naive_pass(path: str, times: list[float], side: int, crop: bool):
@@ -87,7 +72,7 @@ def child(mode: str, path: str) -> None:
     info = video.probe(path)
     plan = SegmentPlan.build(info.duration, 5.0, 1.0)
     visual, sync = spec.visual.image_size, spec.sync.image_size
-    baseline, start = reset_peak(), time.perf_counter()
+    baseline, start = reset_peak_rss(), time.perf_counter()
     for seg in plan.segments:
         vt, st = video.sample_times(seg, spec.visual_fps), video.sample_times(seg, spec.sync_fps)
         if mode == "naive":
@@ -110,7 +95,7 @@ def child(mode: str, path: str) -> None:
             del features
             features = video.decode_segment(path, st, (sync, sync), "center_crop")
         del features
-    print(json.dumps({"wall_s": time.perf_counter() - start, "peak": peak() - baseline, "segments": len(plan)}))
+    print(json.dumps({"wall_s": time.perf_counter() - start, "peak": peak_rss_since_reset() - baseline, "segments": len(plan)}))
 
 
 def fit_decoder(rows: list[dict]) -> tuple[float, float]:

@@ -25,6 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
+from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
 from foley_dist.models.clap import TextEncoderConfig
 from foley_dist.models.dac_vae import DacDecoderConfig
 from foley_dist.models.foley import ModelSpec
@@ -60,23 +61,6 @@ def mid_spec() -> ModelSpec:
 SPECS = {"tiny": lambda: ModelSpec.named("tiny"), "mid": mid_spec}
 
 
-def _status(key: str) -> float:
-    """A /proc/self/status memory figure in bytes (Linux)."""
-    line = next(x for x in Path("/proc/self/status").read_text().splitlines() if x.startswith(key + ":"))
-    return float(line.split()[1]) * 1024
-
-
-def reset_peak() -> float:
-    """Reset the peak-RSS mark to the current RSS and return it. ru_maxrss cannot be reset, so a
-    transient during the imports would hide any smaller working set measured after them."""
-    Path("/proc/self/clear_refs").write_text("5")
-    return _status("VmRSS")
-
-
-def peak() -> float:
-    return _status("VmHWM")
-
-
 def child(model: str, stage: str, clip: str) -> None:
     """Measure one stage in this (fresh) process; prints one JSON line."""
     import torch
@@ -93,7 +77,7 @@ def child(model: str, stage: str, clip: str) -> None:
     torch.set_num_threads(1)  # the runtime's default (hardware.threads=1)
     spec, cpu = SPECS[model](), torch.device("cpu")
     meta = {"job": 0, "video": clip, "segment": 0, "start": 0.0, "end": SECONDS, "seed": 0, "prompt": "rain on a tin roof"}
-    baseline = reset_peak()
+    baseline = reset_peak_rss()
     torch.manual_seed(0)
     with torch.inference_mode():
         if stage == "vision":
@@ -113,9 +97,9 @@ def child(model: str, stage: str, clip: str) -> None:
                                  torch.randn(2, round(SECONDS * 24), d.sync_feat_dim))
             msg = Message(0, cond, meta)
         run.eval().requires_grad_(False)
-        built = reset_peak()
+        built = reset_peak_rss()
         run(msg)
-    print(json.dumps({"baseline": baseline, "built": built, "peak": peak()}))
+    print(json.dumps({"baseline": baseline, "built": built, "peak": peak_rss_since_reset()}))
 
 
 def measure(model: str, stage: str, clip: str, allocator: str) -> dict:
