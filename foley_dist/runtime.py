@@ -49,7 +49,10 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     """None means plain fp32. `auto` is bf16 for the DiT on CUDA and fp32 on CPU."""
     if precision == "auto":
         precision = "bf16" if device.type == "cuda" else "fp32"
-    return {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[precision]
+    dtypes = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}
+    if precision not in dtypes:
+        raise FoleyError(f"hardware.precision={precision!r}: use auto, fp32, bf16 or fp16")
+    return dtypes[precision]
 
 
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device) -> list[torch.nn.Module]:
@@ -98,6 +101,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
     weights_root(spec, cfg.model)
+    autocast_dtype(cfg.hardware.precision, env.device)  # a bad precision fails before any rank starts work
     if cfg.seam == "continuation" and len(topo.groups[-1].ranks) > 1:
         raise FoleyError("seam=continuation samples segments one after another, so diffusion replicas would idle; "
                          "give the diffusion stage one rank, or use seam=crossfade")

@@ -22,6 +22,7 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from foley_dist.errors import FoleyError
 from foley_dist.message import Message
 
 HEADER_BYTES = 8192
@@ -54,6 +55,10 @@ def detect_env(device: str = "auto") -> Env:
     rank = int(os.environ.get("RANK", 0))
     world = int(os.environ.get("WORLD_SIZE", 1))
     local = int(os.environ.get("LOCAL_RANK", 0))
+    if device not in ("auto", "cpu", "cuda"):
+        raise FoleyError(f"hardware.device={device!r}: use auto, cpu or cuda")
+    if device == "cuda" and not torch.cuda.is_available():
+        raise FoleyError("hardware.device=cuda but no CUDA device is visible; use hardware=auto or hardware=cpu")
     use_cuda = torch.cuda.is_available() if device == "auto" else device == "cuda"
     dev = torch.device("cuda", local) if use_cuda else torch.device("cpu")
     return Env(rank, world, local, dev, "nccl" if use_cuda else "gloo")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import time
 
 import pytest
+import torch
 
 from foley_dist.testclip import make_audio_only, make_corrupt, make_empty, make_no_frames
 from tests.conftest import run_cli
@@ -58,6 +59,9 @@ def test_every_rank_reports_under_torchrun(bad_inputs, case, tmp_path):
     ("layout.ranks=[vision,diffusion]", "exactly once"),
     ("model=hunyuan_xl", "model.path"),
     ("segment_seconds=20", "15 s window"),
+    ("hardware.precision=fp8", "hardware.precision='fp8'"),
+    pytest.param("hardware=gpu", "no CUDA device",
+                 marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a CUDA device is present")),
 ])
 def test_bad_config_is_one_line(clip12, override, needle, tmp_path):
     r = run_cli(["generate", f"video={clip12}", f"output={tmp_path / 'o.wav'}", *override.split()], timeout=60)
