@@ -14,7 +14,10 @@ import argparse
 import json
 from pathlib import Path
 
-import matplotlib
+try:
+    import matplotlib
+except ImportError:
+    raise SystemExit("plot_trace.py needs matplotlib: pip install -e '.[bench]'") from None
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
