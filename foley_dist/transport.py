@@ -70,7 +70,13 @@ def init(env: Env, timeout_s: float) -> None:
         return
     if env.device.type == "cuda":
         torch.cuda.set_device(env.device)
-    dist.init_process_group(env.backend, timeout=timedelta(seconds=timeout_s), device_id=env.device if env.device.type == "cuda" else None)
+    timeout = timedelta(seconds=timeout_s)
+    store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
+    # torchrun --max-restarts keeps one store across attempts: keys of a dead attempt must not be read
+    attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
+    dist.init_process_group(env.backend, store=dist.PrefixStore(f"foley_dist/attempt{attempt}", store),
+                            rank=env.rank, world_size=env.world_size, timeout=timeout,
+                            device_id=env.device if env.device.type == "cuda" else None)
 
 
 def shutdown() -> None:

@@ -23,8 +23,9 @@ from tests.distributed.ranks import free_port
 FAST = ["model.steps=4", "progress=false", "vision.cache=off"]
 
 
-def _torchrun(args: list[str], nproc: int) -> subprocess.Popen:
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}", "-m", "foley_dist", *args]
+def _torchrun(args: list[str], nproc: int, restarts: int = 0) -> subprocess.Popen:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}",
+           f"--max-restarts={restarts}", "-m", "foley_dist", *args]
     return subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
                             env={**os.environ, "OMP_NUM_THREADS": "1"}, start_new_session=True)
 
@@ -116,6 +117,25 @@ def test_sigkill_one_rank_then_resume_equals_uninterrupted(media_dir, tmp_path):
     assert report["segments_resumed"] >= 2
     assert np.array_equal(sf.read(out, dtype="float32")[0], sf.read(reference, dtype="float32")[0])
     assert not parts()  # resume state cleaned up once the output is complete
+
+
+def test_elastic_restart_resumes_and_finishes(media_dir, tmp_path):
+    """torchrun --max-restarts=1: a killed rank restarts the whole group, which resumes and finishes."""
+    clip = make_clip(media_dir / "elastic.mp4", 24, 96, 64, 24, seed=6)
+    args = ["generate", f"video={clip}", "prompt=steps", "model.steps=30", "progress=false", "hardware.timeout_s=20",
+            "vision.cache=off"]
+    reference = tmp_path / "ref.wav"
+    assert run_cli([*args, f"output={reference}"], timeout=300).returncode == 0
+    out = tmp_path / "elastic.wav"
+    launcher = _torchrun([*args, f"output={out}"], nproc=3, restarts=1)
+    _wait_for(lambda: len(list(tmp_path.glob(".elastic.wav.parts-*/seg*.npy"))) >= 2 or launcher.poll() is not None)
+    assert launcher.poll() is None, "run finished before the kill; make it longer"
+    _rank_process(launcher, 1).send_signal(signal.SIGKILL)
+    _, stderr = launcher.communicate(timeout=300)
+    assert launcher.returncode == 0, stderr[-2000:]
+    report = json.loads(out.with_suffix(".json").read_text())
+    assert report["segments_resumed"] >= 2  # the restarted group skipped what the first attempt finished
+    assert np.array_equal(sf.read(out, dtype="float32")[0], sf.read(reference, dtype="float32")[0])
 
 
 def test_sigterm_keeps_finished_items_and_rerun_skips_them(media_dir, tmp_path):
