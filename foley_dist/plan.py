@@ -5,7 +5,7 @@ Everything is analytic: parameter counts come from the part configs (meta device
 from the tensor shapes one segment produces, time from matrix-product FLOPs. Memory per stage is
 
     weights      parameter count x bytes per element, for the parts the stage builds
-                 (`stage_parts`: the DiT is built on fusion and diffusion ranks alike)
+                 (`stage_parts`: fusion ranks build only the DiT's condition projections)
     activations  the largest working set while the stage handles one segment: decoded frames at model
                  resolution + one encode batch (vision), text + conditioning (fusion), the DiT over
                  the CFG batch, or the audio decoder's largest feature maps (diffusion)
@@ -38,6 +38,7 @@ from foley_dist.models.clap import text_param_count
 from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
 from foley_dist.models.foley import ModelSpec, stage_parts
 from foley_dist.models.hunyuan_cost import TokenCounts, condition_flops, param_count, velocity_flops
+from foley_dist.models.hunyuan_dit import HunyuanDiT, strip_to_condition
 from foley_dist.models.hunyuan_layers import swiglu_hidden
 from foley_dist.models.siglip import VisualEncoderConfig, visual_param_count
 from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig, sync_windows
@@ -112,8 +113,9 @@ def part_params(spec: ModelSpec) -> dict[str, int]:
     with torch.device("meta"):
         sync = sum(p.numel() for p in SyncEncoder(spec.sync).parameters())
         vae = sum(p.numel() for p in AudioDecoder(spec.vae).parameters())
+        condition = sum(p.numel() for p in strip_to_condition(HunyuanDiT(spec.dit)).parameters())
     return {"visual": visual_param_count(spec.visual), "sync": sync, "text": text_param_count(spec.text),
-            "dit": param_count(spec.dit), "vae": vae}
+            "dit": param_count(spec.dit), "dit_condition": condition, "vae": vae}
 
 
 def weight_dtype(part: str, precision: str) -> str:

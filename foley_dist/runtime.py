@@ -60,7 +60,7 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
     make = {
         "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision,
                                       model_id=f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"),
-        "fusion": lambda: FusionStage(spec, parts["text"], parts["dit"], cfg.model.negative_prompt),
+        "fusion": lambda: FusionStage(spec, parts["text"], parts.get("dit_condition", parts.get("dit")), cfg.model.negative_prompt),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
                                             device, autocast_dtype(cfg.hardware.precision, device), cfg.seam),
     }

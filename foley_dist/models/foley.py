@@ -22,17 +22,18 @@ from foley_dist.errors import FoleyError
 from foley_dist.models.checkpoint import load_into, load_state_dict
 from foley_dist.models.clap import TextEncoder, TextEncoderConfig
 from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
-from foley_dist.models.hunyuan_dit import HunyuanDiT, HunyuanDiTConfig
+from foley_dist.models.hunyuan_dit import CONDITION_PREFIXES, HunyuanDiT, HunyuanDiTConfig, strip_to_condition
 from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
 from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig
 
-PARTS = ("visual", "sync", "text", "dit", "vae")
-_STAGE_PARTS = {"vision": ("visual", "sync"), "fusion": ("text", "dit"), "diffusion": ("dit", "vae")}
+PARTS = ("visual", "sync", "text", "dit", "vae")  # "dit_condition" is the DiT's condition projections only
+_STAGE_PARTS = {"vision": ("visual", "sync"), "fusion": ("text", "dit_condition"), "diffusion": ("dit", "vae")}
 
 
 def stage_parts(stages: tuple[str, ...]) -> tuple[str, ...]:
-    """The model parts a rank hosting `stages` must build, each once."""
-    return tuple(dict.fromkeys(p for s in stages for p in _STAGE_PARTS[s]))
+    """The model parts a rank hosting `stages` must build, each once (a whole DiT also serves fusion)."""
+    parts = tuple(dict.fromkeys(p for s in stages for p in _STAGE_PARTS[s]))
+    return tuple(p for p in parts if not (p == "dit_condition" and "dit" in parts))
 
 
 @dataclass(frozen=True)
@@ -67,6 +68,8 @@ class ModelSpec:
 
 def _tiny_part(spec: ModelSpec, part: str, seed: int) -> nn.Module:
     """Random init seeded per part, so every rank that builds a part gets the same weights."""
+    if part == "dit_condition":  # the same seed and construction as the whole DiT, so the same weights
+        return strip_to_condition(_tiny_part(spec, "dit", seed))
     torch.manual_seed(seed * len(PARTS) + PARTS.index(part))
     return {
         "visual": lambda: VisualEncoder.from_config(spec.visual),
@@ -96,8 +99,10 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device)
         return AudioDecoder.from_official(find_weights(root, "vae_128d_48k"))
     with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
         dit = HunyuanDiT(spec.dit)
-    load_into(dit, load_state_dict(find_weights(root, "hunyuanvideo_foley"), device=device), what="HunyuanVideo-Foley DiT")
-    return dit
+    prefixes = CONDITION_PREFIXES if part == "dit_condition" else None  # read only what this rank uses
+    state = load_state_dict(find_weights(root, "hunyuanvideo_foley"), device=device, prefixes=prefixes)
+    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes)
+    return strip_to_condition(dit) if prefixes else dit
 
 
 def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:

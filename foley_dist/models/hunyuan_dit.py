@@ -21,7 +21,7 @@ from foley_dist.models.hunyuan_cost import condition_flops, forward_flops, param
 from foley_dist.models.hunyuan_layers import ConvSwiGLU, SwiGLU, layer_norm, timestep_embedding
 
 __all__ = [
-    "HunyuanDiT", "HunyuanDiTConfig", "param_count", "condition_flops", "velocity_flops", "forward_flops",
+    "HunyuanDiT", "HunyuanDiTConfig", "CONDITION_PREFIXES", "strip_to_condition", "param_count", "condition_flops", "velocity_flops", "forward_flops",
     "segment_flops",
 ]
 
@@ -137,3 +137,16 @@ class HunyuanDiT(nn.Module):
 
     def forward(self, x: Tensor, t: Tensor, cond: Tensor, clip_feat: Tensor, sync_feat: Tensor) -> Tensor:
         return self.velocity(x, t, self.condition(cond, clip_feat, sync_feat))
+
+
+# What `condition` and `empty_features` read: all the fusion rank needs of the DiT.
+CONDITION_PREFIXES = ("cond_in.", "visual_proj.", "sync_in.", "sync_pos_emb", "empty_clip_feat", "empty_sync_feat")
+
+
+def strip_to_condition(dit: HunyuanDiT) -> HunyuanDiT:
+    """Drop everything but the condition projections (in place): the fusion rank's DiT, a few MB
+    instead of the whole model (XXL: ~10 GB in bf16). `velocity` is unavailable afterwards."""
+    for name, _ in list(dit.named_children()):
+        if f"{name}." not in CONDITION_PREFIXES:
+            setattr(dit, name, None)
+    return dit

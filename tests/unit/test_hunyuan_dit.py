@@ -199,3 +199,27 @@ def test_flops_are_sane(make):
     assert forward_flops(cfg, 5.0) == condition_flops(cfg, 5.0) + step
     assert 2 * step < velocity_flops(cfg, 10.0) < 2.5 * step  # attention makes it superlinear
     assert segment_flops(cfg, 5.0, 50) == 2 * (condition_flops(cfg, 5.0) + 50 * step)
+
+
+def test_fusion_rank_dit_reads_and_keeps_only_the_condition_projections(tmp_path):
+    """The fusion rank loads just the condition tensors of a release checkpoint and gives the same
+    conditioning as the whole DiT."""
+    from safetensors.torch import save_file
+
+    from foley_dist.models.foley import ModelSpec, _official_part
+    from foley_dist.models.hunyuan_dit import strip_to_condition
+
+    spec = ModelSpec.named("tiny")
+    torch.manual_seed(0)
+    full = HunyuanDiT(spec.dit).eval()
+    save_file({k: v.contiguous() for k, v in full.state_dict().items()}, str(tmp_path / "hunyuanvideo_foley.safetensors"))
+    part = _official_part(spec, "dit_condition", tmp_path, torch.device("cpu"))
+    assert sum(p.numel() for p in part.parameters()) < sum(p.numel() for p in full.parameters()) / 5
+    assert all(p.device.type == "cpu" for p in part.parameters())  # nothing left on the meta device
+    g = torch.Generator().manual_seed(1)
+    text, clip, sync = (torch.randn(2, n, 768, generator=g) for n in (9, 40, 120))
+    with torch.no_grad():
+        a, b = part.condition(text, clip, sync), full.condition(text, clip, sync)
+    assert all(torch.equal(a[k], b[k]) for k in a)
+    assert all(torch.equal(x, y) for x, y in zip(part.empty_features(1, 40, 120), full.empty_features(1, 40, 120)))
+    assert strip_to_condition(full).triple_blocks is None

@@ -32,7 +32,9 @@ def test_weights_are_parameter_counts_times_bytes(xxl):
     params = plan.part_params(xxl)
     est = plan.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
     assert est["vision"].weights == 4 * (params["visual"] + params["sync"])
-    assert est["fusion"].weights == 4 * params["text"] + 2 * params["dit"]  # fusion builds the whole DiT too
+    # fusion builds only the DiT's condition projections (fp32, as the runtime keeps them)
+    assert est["fusion"].weights == 4 * params["text"] + 4 * params["dit_condition"]
+    assert params["dit_condition"] < 0.01 * params["dit"]
     assert est["diffusion"].weights == 2 * params["dit"] + 4 * params["vae"]
     assert 10.2e9 < 2 * params["dit"] < 10.35e9  # XXL DiT in bf16: ~10.3 GB
     fp32 = plan.estimate_stages(xxl, "fp32", 5.0, 1920, 1080, 50, 4.5, params=params)
