@@ -106,7 +106,7 @@ class Sink:
         audio = msg.tensors["audio"].cpu().numpy()
         save_array_atomic(parts_dir(job) / f"seg{seg:05d}.npy", audio)
         self.done.setdefault(j, set()).add(seg)
-        self._advance(j)
+        self._advance(j, {seg: audio})
 
     def finish(self) -> None:
         """Complete jobs whose remaining segments were all finished by an earlier run."""
@@ -128,8 +128,11 @@ class Sink:
         self._open.clear()
         self._bar.close()
 
-    def _advance(self, j: int) -> None:
-        """Feed every available segment of job j, in order, to its stitcher; close the job when complete."""
+    def _advance(self, j: int, arrived: dict[int, np.ndarray] | None = None) -> None:
+        """Feed every available segment of job j, in order, to its stitcher; close the job when complete.
+
+        `arrived` holds audio already in memory; other finished segments are read back from disk."""
+        arrived = arrived or {}
         job, have = self.jobs[j], self.done.get(j, set())
         state = self._open.get(j)
         if state is None:
@@ -137,7 +140,9 @@ class Sink:
                 return
             state = self._open[j] = JobState(Stitcher(job.plan, self.sample_rate), AudioWriter(job.output, self.sample_rate))
         while state.next_segment in have:
-            wave = np.load(parts_dir(job) / f"seg{state.next_segment:05d}.npy")
+            wave = arrived.get(state.next_segment)
+            if wave is None:
+                wave = np.load(parts_dir(job) / f"seg{state.next_segment:05d}.npy")
             state.writer.write(state.stitcher.add(state.next_segment, wave))
             state.next_segment += 1
         if state.next_segment == len(job.plan):
