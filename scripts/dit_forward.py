@@ -2,7 +2,7 @@
 """One fp32 CPU forward of the HunyuanVideo-Foley DiT: reference outputs for parity checks.
 
 usage: dit_forward.py CONFIG.json WEIGHTS.safetensors INPUTS.safetensors OUTPUT.safetensors
-CONFIG holds {"model_kwargs": {...}} (as shared/reference/hvf_tiny_config.json); INPUTS holds x, t,
+CONFIG holds {"model_kwargs": {...}} (as tests/data/reference/hvf_tiny_config.json); INPUTS holds x, t,
 cond, clip_feat, sync_feat; OUTPUT gets the predicted velocity as tensor `out`.
 """
 

@@ -12,7 +12,7 @@ from safetensors.torch import save_file
 from foley_dist.errors import FoleyError
 from foley_dist.models.checkpoint import load_into, load_state_dict
 from foley_dist.models.hunyuan_dit import HunyuanDiT, HunyuanDiTConfig
-from foley_dist.models.reference import reference_file
+from tests.reference import reference_file
 
 REPO = Path(__file__).resolve().parents[2]
 

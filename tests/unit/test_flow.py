@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from foley_dist.models.flow import euler_step, flow_schedule, guided, sample
-from foley_dist.models.reference import reference_file
+from tests.reference import reference_file
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from foley_dist.models.hunyuan_dit import (
     velocity_flops,
 )
 from foley_dist.models.hunyuan_layers import apply_rope, rope_table
-from foley_dist.models.reference import reference_file
+from tests.reference import reference_file
 
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = ("x", "t", "cond", "clip_feat", "sync_feat")
