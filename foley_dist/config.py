@@ -1,18 +1,18 @@
-"""Run configuration: dataclasses registered in hydra's ConfigStore, composed from conf/ + overrides.
+"""Run configuration: dataclasses registered in hydra's ConfigStore, composed from the packaged
+`foley_dist/conf/` + overrides.
 
 The dataclasses are the schema (types, defaults, unknown keys rejected); the yaml files under conf/
-are the config groups a user picks from (`model=tiny`, `layout=replicated`, `hardware=cpu`).
+(package data, found through the package itself, so a wheel install works from any folder) are the
+config groups a user picks from (`model=tiny`, `layout=replicated`, `hardware=cpu`).
 `key=value` overrides follow hydra's grammar.
 """
 
 from __future__ import annotations
 
-import os
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, Optional
 
-from hydra import compose, initialize_config_dir
+from hydra import compose, initialize_config_module
 from hydra.core.config_store import ConfigStore
 from hydra.errors import HydraException
 from omegaconf import MISSING, OmegaConf
@@ -114,18 +114,10 @@ def _register() -> None:
 _register()
 
 
-def conf_dir() -> Path:
-    """conf/ beside the package (editable install or source checkout), or $FOLEY_DIST_CONF."""
-    path = Path(os.environ.get("FOLEY_DIST_CONF", Path(__file__).resolve().parents[1] / "conf"))
-    if not (path / "generate.yaml").is_file():
-        raise FoleyError(f"config folder {path} not found: install foley_dist from its source tree (pip install -e .) or set FOLEY_DIST_CONF")
-    return path
-
-
 def load(name: str, overrides: list[str]) -> Any:
     """Compose conf/<name>.yaml with `key=value` overrides into a validated dataclass instance."""
     try:
-        with initialize_config_dir(version_base=None, config_dir=str(conf_dir())):
+        with initialize_config_module(version_base=None, config_module="foley_dist.conf"):
             cfg = compose(config_name=name, overrides=overrides)
         return OmegaConf.to_object(cfg)
     except (HydraException, OmegaConfBaseException, ValueError) as e:
