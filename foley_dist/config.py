@@ -104,6 +104,7 @@ class BatchConfig(RunConfig):
 
 def _register() -> None:
     cs = ConfigStore.instance()
+    cs.store(name="run_schema", node=RunConfig)
     cs.store(name="generate_schema", node=GenerateConfig)
     cs.store(name="batch_schema", node=BatchConfig)
     cs.store(group="model", name="model_schema", node=ModelConfig)

@@ -55,8 +55,11 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtypes[precision]
 
 
-def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device) -> list[torch.nn.Module]:
-    parts = build_parts(spec, stage_parts(names), cfg.model, device)
+def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
+                 parts: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
+    """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
+    missing = tuple(p for p in stage_parts(names) if p not in parts)
+    parts.update(build_parts(spec, missing, cfg.model, device))
     make = {
         "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision,
                                       model_id=f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"),
@@ -87,8 +90,11 @@ def stage_costs(cfg: RunConfig, spec: ModelSpec) -> dict[str, float]:
     return {k: v / max(flops.values()) for k, v in flops.items()}
 
 
-def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome | None:
-    """Run `jobs` through the pipeline on this rank. Returns the outcome on the sink rank, else None."""
+def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
+        parts_cache: dict[str, torch.nn.Module] | None = None) -> Outcome | None:
+    """Run `jobs` through the pipeline on this rank. Returns the outcome on the sink rank, else None.
+
+    `parts_cache` keeps the built model parts between calls (FoleyPipeline passes its own)."""
     env = transport.detect_env(cfg.hardware.device)
     spec = ModelSpec.named(cfg.model.name)
     if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
@@ -119,7 +125,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"{len(items)} segment(s) to run" + (f", {resumed} already finished" if resumed else ""))
     with rec.span("build", "setup", -1):
-        stages = build_stages(names, cfg, spec, env.device)
+        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
     tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
     sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.mux, cfg.seam_metric, journal) if is_sink else None
     start = time.time()
@@ -136,13 +142,14 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None) -> Outcome
     gathered = transport.gather_objects(rec.finish(), topo.sink, env.world_size)
     if not is_sink:
         return None
-    return Outcome(build_report(cfg, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)
+    return Outcome(build_report(cfg, spec, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)
 
 
-def build_report(cfg: RunConfig, topo: Topology, jobs: list[Job], ranks: list[RankStats], wall_s: float,
+def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job], ranks: list[RankStats], wall_s: float,
                  resumed: int, status: dict[int, dict]) -> dict:
     report = {
         "model": cfg.model.name,
+        "sample_rate": spec.sample_rate,
         "layout": [{"stages": list(g.stages), "ranks": list(g.ranks)} for g in topo.groups],
         "world_size": topo.world_size,
         "wall_s": round(wall_s, 3),
