@@ -29,6 +29,7 @@ commands:
   batch     manifest=jobs.jsonl|jobs.csv [output_root=out/batch results=PATH ...same settings as generate]
   plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH]
             per-stage memory, FLOPs and time share, recommended layout, whether it fits
+  plot-trace TRACE.json OUT.png [--setup --title T]   a run's trace as a Gantt chart (needs the plot extra)
 Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
 
 
@@ -107,7 +108,13 @@ def plan(overrides: list[str]) -> int:
     return plan_command(overrides)
 
 
-COMMANDS = {"generate": generate, "batch": batch, "plan": plan}
+def plot_trace(args: list[str]) -> int:
+    from foley_dist.tools.plot_trace import main as plot_main
+
+    return plot_main(args)
+
+
+COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": plot_trace}
 
 
 def main(argv: list[str] | None = None) -> int:

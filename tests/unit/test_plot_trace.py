@@ -1,19 +1,10 @@
-"""scripts/plot_trace.py renders a run's Chrome trace as a Gantt PNG."""
+"""`foley-dist plot-trace` renders a run's Chrome trace as a Gantt PNG."""
 
-import importlib.util
 import json
-from pathlib import Path
 
+from foley_dist.cli import main
 from foley_dist.metrics import RankStats, Span, chrome_trace
-
-ROOT = Path(__file__).resolve().parents[2]
-
-
-def _plot_trace():
-    spec = importlib.util.spec_from_file_location("plot_trace", ROOT / "scripts" / "plot_trace.py")
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    return mod
+from foley_dist.tools import plot_trace as mod
 
 
 def _trace() -> dict:
@@ -31,16 +22,14 @@ def _trace() -> dict:
 
 
 def test_renders_a_gantt_png(tmp_path):
-    mod = _plot_trace()
     trace = tmp_path / "trace.json"
     trace.write_text(json.dumps(_trace()))
     out = tmp_path / "trace.png"
-    mod.plot(json.loads(trace.read_text()), out)
+    assert main(["plot-trace", str(trace), str(out)]) == 0
     assert out.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and out.stat().st_size > 5000
 
 
 def test_time_starts_at_the_first_pipeline_event_unless_setup_is_asked_for():
-    mod = _plot_trace()
     names, spans = mod.load_spans(_trace(), setup=False)
     assert names == {0: "rank 0 (vision+fusion)", 1: "rank 1 (diffusion)"}
     assert min(s["start"] for s in spans) == 0.0 and {s["cat"] for s in spans} == {"compute", "comm", "io"}
@@ -48,3 +37,8 @@ def test_time_starts_at_the_first_pipeline_event_unless_setup_is_asked_for():
     assert first_vision["start"] == 0.0
     _, with_setup = mod.load_spans(_trace(), setup=True)
     assert next(s for s in with_setup if s["stage"] == "vision" and s["item"] == 0)["start"] == 2.0
+
+
+def test_missing_trace_is_a_one_line_error(tmp_path, capsys):
+    assert main(["plot-trace", str(tmp_path / "nope.json"), str(tmp_path / "x.png")]) == 2
+    assert "not found" in capsys.readouterr().err

@@ -5,7 +5,9 @@ peers (recv, send back-pressure, flush) are grey and hatched, so pipeline bubble
 stage are visible at a glance. Time 0 is the first pipeline event; model building is left out unless
 --setup is given, because it would dwarf the steady state.
 
-    python scripts/plot_trace.py out/trace.json out/trace.png
+    foley-dist plot-trace out/trace.json out/trace.png
+
+matplotlib is an optional dependency (`pip install 'foley-dist[plot]'`): it is imported only here.
 """
 
 from __future__ import annotations
@@ -14,14 +16,7 @@ import argparse
 import json
 from pathlib import Path
 
-try:
-    import matplotlib
-except ImportError:
-    raise SystemExit("plot_trace.py needs matplotlib: pip install -e '.[bench]'") from None
-
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-from matplotlib.patches import Patch  # noqa: E402
+from foley_dist.errors import FoleyError
 
 STAGE_COLOURS = {"vision": "tab:blue", "fusion": "tab:orange", "diffusion": "tab:green"}
 OTHER = {"comm": ("0.75", "////", "wait on peer"), "io": ("tab:purple", "", "sink (stitch + write)"),
@@ -42,6 +37,14 @@ def load_spans(trace: dict, setup: bool) -> tuple[dict[int, str], list[dict]]:
 
 
 def plot(trace: dict, out: str | Path, setup: bool = False, title: str | None = None) -> None:
+    try:
+        import matplotlib
+    except ImportError:
+        raise FoleyError("plot-trace needs matplotlib: pip install 'foley-dist[plot]' (or -e '.[plot]')") from None
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from matplotlib.patches import Patch
+
     names, spans = load_spans(trace, setup)
     ranks = sorted(names)
     end = max((s["start"] + s["dur"] for s in spans), default=1.0)
@@ -76,16 +79,16 @@ def plot(trace: dict, out: str | Path, setup: bool = False, title: str | None = 
     plt.close(fig)
 
 
-def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="foley-dist plot-trace", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("trace", help="Chrome trace JSON written by trace=PATH")
     p.add_argument("out", help="PNG to write")
     p.add_argument("--setup", action="store_true", help="also draw model building")
     p.add_argument("--title")
-    args = p.parse_args()
+    args = p.parse_args(argv)
+    if not Path(args.trace).is_file():
+        raise FoleyError(f"trace {args.trace} not found; write one with generate ... trace=PATH")
     plot(json.loads(Path(args.trace).read_text()), args.out, args.setup, args.title)
     print(f"wrote {args.out}")
-
-
-if __name__ == "__main__":
-    main()
+    return 0

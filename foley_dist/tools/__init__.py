@@ -1,0 +1,1 @@
+"""Offline tools behind `foley-dist` subcommands: trace plots, checkpoint conversion."""
