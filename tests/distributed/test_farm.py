@@ -146,12 +146,13 @@ def test_sigterm_keeps_finished_items_and_rerun_skips_them(media_dir, tmp_path):
     root = tmp_path / "out"
     args = ["batch", f"manifest={manifest}", f"output_root={root}", "model.steps=40", "progress=false", "vision.cache=off"]
     launcher = _torchrun(args, nproc=3)
-    _wait_for(lambda: (root / "t0.wav").exists() or launcher.poll() is not None)
+    journal = root / ".finished.jsonl"  # an item is finished once journalled (its output is renamed into place first)
+    _wait_for(lambda: (journal.is_file() and journal.read_text().strip()) or launcher.poll() is not None)
     assert launcher.poll() is None
     os.killpg(launcher.pid, signal.SIGTERM)  # what Slurm sends the job step on pre-emption
     launcher.communicate(timeout=60)
     assert launcher.returncode != 0
-    finished = sorted(p.name for p in root.glob("t*.wav"))
+    finished = sorted(Path(json.loads(line)["output"]).name for line in journal.read_text().splitlines())
     assert "t0.wav" in finished and len(finished) < 4
     before = {name: (root / name).read_bytes() for name in finished}
     assert not list(root.glob(".*.tmp"))  # no half-written outputs left behind
