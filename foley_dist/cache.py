@@ -2,9 +2,15 @@
 
 Re-scoring a video with another prompt or seed repeats the vision stage bit for bit; the cache
 skips its decode and both encoders. An entry is one safetensors file named by a hash of everything
-the features depend on: the video's bytes (not its path or name), the segment bounds, the model and
-encoder configs and the vision settings (`feature_key`). Bump `CACHE_VERSION` when the feature
+the features depend on: the video's identity (not its path or name), the segment bounds, the model
+and encoder configs and the vision settings (`feature_key`). Bump `CACHE_VERSION` when the feature
 code changes what it computes.
+
+The identity (`file_identity`) is cheap on purpose: size, mtime and hashes of a few fixed 1 MiB
+slices, i.e. at most 4 MiB read however large the master is, computed once per run on one rank and
+broadcast (runtime.py). Slices tell apart same-size files (re-exports, copies made with their
+mtime); mtime catches an edit in place that the slices miss. Entries live under
+`$XDG_CACHE_HOME/foley_dist/features` (`~/.cache/...` when unset) unless `vision.cache` names a folder.
 
 Safe without locks: entries are written to a temp file and renamed into place (readers see a whole
 file or none; two writers of one key write identical bytes), and each carries a checksum, so a
@@ -27,29 +33,42 @@ import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2  # 2: cheap file identity instead of a hash of the whole file
 _CHUNK = 1 << 20
+_SLICES = 4  # first, last and two evenly spaced MiB of the file
 _STALE_TEMP_S = 3600.0  # temp files older than this were left by a killed writer
 
 
-def file_digest(path: str | os.PathLike) -> str:
-    """blake2b of the file's bytes, read in 1 MiB chunks; memoised per (path, size, mtime)."""
+def cache_root(setting: str) -> Path:
+    """The cache folder for `vision.cache`: `auto` follows XDG_CACHE_HOME (default ~/.cache)."""
+    if setting != "auto":
+        return Path(setting).expanduser()
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if os.path.isabs(xdg) else Path("~/.cache").expanduser()  # the spec ignores relative values
+    return base / "foley_dist" / "features"
+
+
+def file_identity(path: str | os.PathLike) -> str:
+    """blake2b of (size, mtime, fixed 1 MiB slices of the file); memoised per (path, size, mtime)."""
     st = os.stat(path)
-    return _digest(os.path.realpath(path), st.st_size, st.st_mtime_ns)
+    return _identity(os.path.realpath(path), st.st_size, st.st_mtime_ns)
 
 
 @functools.lru_cache(maxsize=64)
-def _digest(path: str, size: int, mtime_ns: int) -> str:
-    h = hashlib.blake2b(digest_size=20)
+def _identity(path: str, size: int, mtime_ns: int) -> str:
+    h = hashlib.blake2b(f"{size}:{mtime_ns}".encode(), digest_size=20)
+    last = max(0, size - _CHUNK)
+    offsets = sorted({k * last // (_SLICES - 1) for k in range(_SLICES)})
     with open(path, "rb") as f:
-        while chunk := f.read(_CHUNK):
-            h.update(chunk)
+        for offset in offsets:
+            f.seek(offset)
+            h.update(f.read(_CHUNK))
     return h.hexdigest()
 
 
-def feature_key(video: str | os.PathLike, start: float, end: float, settings: dict[str, Any]) -> str:
-    """Cache key of one segment's features: content hash + segment bounds + JSON-able settings."""
-    fields = {"version": CACHE_VERSION, "video": file_digest(video), "start": round(start, 6), "end": round(end, 6),
+def feature_key(identity: str, start: float, end: float, settings: dict[str, Any]) -> str:
+    """Cache key of one segment's features: `file_identity` + segment bounds + JSON-able settings."""
+    fields = {"version": CACHE_VERSION, "video": identity, "start": round(start, 6), "end": round(end, 6),
               "settings": settings}
     return hashlib.sha256(json.dumps(fields, sort_keys=True).encode()).hexdigest()
 

@@ -43,6 +43,8 @@ def _on_sigterm(signum, frame) -> None:
 
 def _print_summary(report: dict, written: str) -> None:
     lines = [f"wrote {written}  (wall {report['wall_s']:.2f} s, {report['world_size']} rank(s))",
+             f"segments: {report['segments_resumed']} resumed from an earlier run, {report['segments_cached']} from the "
+             f"feature cache; damaged or missing video frames skipped: {report['frames_skipped']}",
              f"{'stage':<10} {'busy s':>8}"]
     lines += [f"{name:<10} {busy:>8.2f}" for name, busy in report["stage_busy_s"].items()]
     lines.append(f"{'rank':<5} {'stages':<26} {'busy s':>8} {'wait s':>8} {'peak RSS MB':>12}")

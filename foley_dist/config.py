@@ -64,7 +64,7 @@ class VisionConfig:
     tile_batch: int = 16  # tiles encoded at once: bounds activation memory
     frame_sampling: str = "fixed"  # fixed | adaptive (lower sync rate on static shots)
     min_sync_fps: float = 15.0  # adaptive sampling never decodes fewer sync frames per second
-    cache: str = "~/.cache/foley_dist/features"  # feature cache folder, or "off"
+    cache: str = "auto"  # feature cache folder; auto = $XDG_CACHE_HOME/foley_dist/features (~/.cache/...); "off"
     cache_max_gb: float = 20.0  # least recently used entries are evicted above this
 
 

@@ -18,7 +18,8 @@ import torch
 
 from foley_dist import transport
 from foley_dist.autolayout import choose_layout, predict_makespan
-from foley_dist.config import RunConfig
+from foley_dist.cache import file_identity
+from foley_dist.config import LayoutConfig, RunConfig
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.message import Message
@@ -32,8 +33,9 @@ from foley_dist.sink import Sink, finished_segments
 from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
 
 
-def work_items(jobs: list[Job], done: dict[int, set[int]]) -> list[Message]:
-    """The pipeline's microbatches: every unfinished segment of every job, back to back."""
+def work_items(jobs: list[Job], done: dict[int, set[int]], identities: dict[int, str] | None = None) -> list[Message]:
+    """The pipeline's microbatches: every unfinished segment of every job, back to back; `identities`
+    (feature-cache identity per job, computed once on the sink) ride along as `video_id`."""
     items = []
     for j, job in enumerate(jobs):
         for seg in job.plan.segments:
@@ -41,6 +43,8 @@ def work_items(jobs: list[Job], done: dict[int, set[int]]) -> list[Message]:
                 continue
             meta = {"job": j, "video": job.video, "prompt": job.prompt, "seed": job.seed,
                     "segment": seg.index, "start": seg.start, "end": seg.end, **job.overrides}
+            if identities and j in identities:
+                meta["video_id"] = identities[j]
             items.append(Message(len(items), {}, meta))
     return items
 
@@ -101,8 +105,11 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
         layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
-        expand_layout(cfg.layout.ranks)  # a bad layout is an error even where one process runs every stage
+        needed = len(expand_layout(cfg.layout.ranks))  # a bad layout is an error even in one process
         layout = cfg.layout.ranks if env.world_size > 1 else ["+".join(STAGES)]
+        if env.world_size == 1 and needed > 1 and cfg.layout.ranks != LayoutConfig().ranks:  # the default is silent
+            log(0, f"note: layout {list(cfg.layout.ranks)} needs {needed} ranks; this one process runs every stage "
+                   f"(start it with foley-dist launch --nproc_per_node={needed} -- ... to spread them)")
     topo = Topology.parse(layout, env.world_size)
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
@@ -118,19 +125,23 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     # continuation needs the previous segment's latents, which a new process does not have: resume whole jobs only
     resumable = is_sink and cfg.seam != "continuation"
     local = {j: finished_segments(job) for j, job in enumerate(jobs)} if resumable else {}
-    done = transport.broadcast_object(local, topo.sink, env.world_size)
-    items = work_items(jobs, done)
+    # the feature-cache identity of each video: read once here, not by every vision rank
+    ident = {j: file_identity(job.video) for j, job in enumerate(jobs)} if is_sink and cfg.vision.cache != "off" else {}
+    done, ident = transport.broadcast_object((local, ident), topo.sink, env.world_size)
+    items = work_items(jobs, done, ident)
     rec = Recorder(env.rank, list(names), env.device)
     resumed = sum(len(v) for v in done.values())
+    schedule = build_schedule(topo, len(items))[env.rank]
+    mine = sum(a.kind == "compute" for a in schedule)
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
-                  f"{len(items)} segment(s) to run" + (f", {resumed} already finished" if resumed else ""))
+                  f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else ""))
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
     tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
     sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.mux, cfg.seam_metric, journal) if is_sink else None
     start = time.time()
     try:
-        execute(build_schedule(topo, len(items))[env.rank], stages, items, tr, rec, sink)
+        execute(schedule, stages, items, tr, rec, sink)
         if tr is not None:
             end_of_stream(tr, *peers(topo, env.rank), rec)
         if sink is not None:
@@ -154,6 +165,8 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
         "world_size": topo.world_size,
         "wall_s": round(wall_s, 3),
         "segments_resumed": resumed,
+        "segments_cached": sum(s.get("vision", {}).get("cached_segments", 0) for s in status.values()),
+        "frames_skipped": sum(s.get("vision", {}).get("frames_skipped", 0) for s in status.values()),
         "jobs": [
             {
                 "video": j.video, "output": j.output, "prompt": j.prompt, "seed": j.seed,

@@ -100,8 +100,9 @@ class Sink:
             self.fail(j, msg.meta["error"])
             return
         job = self.jobs[j]
-        stats = self._vision.setdefault(j, {"cached_segments": 0, "sync_frames_saved": []})
+        stats = self._vision.setdefault(j, {"cached_segments": 0, "frames_skipped": 0, "sync_frames_saved": []})
         stats["cached_segments"] += int(bool(msg.meta.get("cached")))
+        stats["frames_skipped"] += int(msg.meta.get("frames_skipped", 0))
         stats["sync_frames_saved"].append(float(msg.meta.get("sync_frames_saved", 0.0)))
         audio = msg.tensors["audio"].cpu().numpy()
         save_array_atomic(parts_dir(job) / f"seg{seg:05d}.npy", audio)
@@ -154,6 +155,7 @@ class Sink:
             if j in self._vision:
                 saved = self._vision[j]["sync_frames_saved"]
                 entry["vision"] = {"cached_segments": self._vision[j]["cached_segments"],
+                                   "frames_skipped": self._vision[j]["frames_skipped"],
                                    "sync_frames_saved": round(sum(saved) / len(saved), 4)}
             if self.measure_seams and len(job.plan) > 1:
                 entry["seams"] = measure_seams(job, self.sample_rate)

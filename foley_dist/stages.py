@@ -18,7 +18,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from foley_dist.cache import FeatureCache, feature_key
+from foley_dist import mediaguard
+from foley_dist.cache import FeatureCache, cache_root, feature_key, file_identity
 from foley_dist.config import VisionConfig
 from foley_dist.errors import FoleyError
 from foley_dist.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
@@ -41,7 +42,8 @@ class VisionStage(nn.Module):
     (foley_dist.tiling), adaptive sync-frame sampling (foley_dist.framesampling) and the on-disk
     feature cache (foley_dist.cache); `model_id` names the weights in the cache key. Every variant
     yields the same shapes: clip_feat [1, seconds * visual_fps, D], sync_feat [1, 24 * seconds, D].
-    Meta gains `cached` and `sync_frames_saved` (fraction of 25 fps sync frames not decoded).
+    Meta gains `cached`, `sync_frames_saved` (fraction of 25 fps sync frames not decoded) and
+    `frames_skipped` (damaged or missing source frames in the segment, see foley_dist.mediaguard).
     """
 
     name = "vision"
@@ -52,7 +54,7 @@ class VisionStage(nn.Module):
         _check_vision(vision)
         self.spec, self.visual, self.sync, self.decoder, self.device = spec, visual, sync, decoder, device
         self.vision = vision
-        self.cache = None if vision.cache == "off" else FeatureCache(vision.cache, int(vision.cache_max_gb * 2**30))
+        self.cache = None if vision.cache == "off" else FeatureCache(cache_root(vision.cache), int(vision.cache_max_gb * 2**30))
         self.cache_hits = self.cache_misses = 0
         self.settings = {  # everything besides the video and the segment bounds that the features depend on
             "model": model_id, "visual": asdict(spec.visual), "sync": asdict(spec.sync), "visual_fps": spec.visual_fps,
@@ -66,14 +68,18 @@ class VisionStage(nn.Module):
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         seg, video = _segment(msg.meta), msg.meta["video"]
-        key = feature_key(video, seg.start, seg.end, self.settings) if self.cache else None
+        identity = (msg.meta.get("video_id") or file_identity(video)) if self.cache else None  # runtime broadcasts it
+        key = feature_key(identity, seg.start, seg.end, self.settings) if self.cache else None
         hit = self.cache.get(key) if self.cache else None
         if hit is not None:
             self.cache_hits += 1
             tensors, meta = hit
             return Message(msg.segment, {k: v.to(self.device) for k, v in tensors.items()},
-                           {**msg.meta, "cached": True, "sync_frames_saved": float(meta["sync_frames_saved"])})
+                           {**msg.meta, "cached": True, "sync_frames_saved": float(meta["sync_frames_saved"]),
+                            "frames_skipped": int(meta.get("frames_skipped", 0))})
+        skipped = [mediaguard.frames_skipped()]
         clip_feat, thumbs = self._visual_features(video, seg)
+        skipped.append(mediaguard.frames_skipped())
         grid = sample_times(seg, self.spec.sync_fps)
         if thumbs is None:
             plan = fixed_plan(grid)
@@ -82,12 +88,16 @@ class VisionStage(nn.Module):
                                  self.vision.min_sync_fps)
         size = self.spec.sync.image_size
         frames = decode_segment(video, plan.times, (size, size), "center_crop", self.decoder)
+        skipped.append(mediaguard.frames_skipped())
+        # both decode passes cover the segment: a damaged frame shows up in each, count it once
+        frames_skipped = max(skipped[1] - skipped[0], skipped[2] - skipped[1])
         sync_feat = self.sync(resample(frames, plan).to(self.device))
         tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat}
         if self.cache:
             self.cache_misses += 1
-            self.cache.put(key, tensors, {"sync_frames_saved": repr(plan.saved)})
-        return Message(msg.segment, tensors, {**msg.meta, "cached": False, "sync_frames_saved": plan.saved})
+            self.cache.put(key, tensors, {"sync_frames_saved": repr(plan.saved), "frames_skipped": str(frames_skipped)})
+        return Message(msg.segment, tensors, {**msg.meta, "cached": False, "sync_frames_saved": plan.saved,
+                                              "frames_skipped": frames_skipped})
 
     def _visual_features(self, video: str, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:
         """clip_feat [1, T, D], plus motion thumbnails of the same frames when sampling is adaptive."""

@@ -195,21 +195,28 @@ def make_clip(
     codec: str = "h264",
     with_audio: bool = False,
     rotation: int = 0,
+    pix_fmt: str = "yuv420p",
+    faststart: bool = False,
 ) -> Path:
     """Write a clip of moving shapes with each frame's index stamped in it. `rotation` (degrees,
-    counter-clockwise, multiple of 90) is stored as display-matrix metadata; the pixels stay landscape."""
+    counter-clockwise, multiple of 90) is stored as display-matrix metadata; the pixels stay landscape.
+    `pix_fmt` other than yuv420p (e.g. yuv420p10le) converts each frame; `faststart` puts an MP4's
+    index before its data, as streaming exports do."""
     rate = Fraction(fps).limit_denominator(1001)
     count = max(1, round(seconds * rate))
     drawer = _FrameDrawer(width, height, rate, seed)
-    with _atomic(path) as tmp, av.open(tmp, "w") as container:
+    options = {"movflags": "faststart"} if faststart else {}
+    with _atomic(path) as tmp, av.open(tmp, "w", options=options) as container:
         video = container.add_stream(codec, rate=rate, options=_encoder_options(codec))
-        video.width, video.height, video.pix_fmt = width, height, "yuv420p"
+        video.width, video.height, video.pix_fmt = width, height, pix_fmt
         video.codec_context.gop_size = max(1, round(2 * rate))  # a keyframe every 2 s, so seeking matters
         if rotation:
             video.set_display_rotation(rotation)
         audio = _add_audio(container, "aac") if with_audio else None
         for i in range(count):
             frame = av.VideoFrame.from_ndarray(drawer.draw(i), format="yuv420p")
+            if pix_fmt != "yuv420p":
+                frame = frame.reformat(format=pix_fmt)
             frame.pts = i
             container.mux(video.encode(frame))
         container.mux(video.encode(None))
@@ -248,3 +255,82 @@ def make_no_frames(path: str | os.PathLike, width: int = 64, height: int = 64) -
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         container.start_encoding()  # writes the header; no packet ever follows
     return Path(path)
+
+
+def make_plain(path: str | os.PathLike, seconds: float, width: int, height: int, fps: float = 24,
+               times: list[float] | None = None) -> Path:
+    """Lossless (FFV1, 4:4:4) clip of any size, 1x1 and odd sizes included, whose brightness ramps with
+    time. `times` (seconds) gives frames irregular timestamps: a variable frame rate stream."""
+    times = times if times is not None else [i / fps for i in range(max(1, round(seconds * fps)))]
+    with _atomic(path) as tmp, av.open(tmp, "w") as container:
+        video = container.add_stream("ffv1", rate=round(fps))
+        video.width, video.height, video.pix_fmt = width, height, "yuv444p"
+        video.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(times):
+            rgb = np.full((height, width, 3), int(255 * i / max(1, len(times) - 1)), np.uint8)
+            frame = av.VideoFrame.from_ndarray(rgb, format="rgb24").reformat(format="yuv444p")
+            frame.pts, frame.time_base = round(t * 1000), Fraction(1, 1000)
+            container.mux(video.encode(frame))
+        container.mux(video.encode(None))
+    return Path(path)
+
+
+def damage(src: str | os.PathLike, dst: str | os.PathLike, at: tuple[float, ...] = (0.3, 0.5, 0.7),
+           length: int = 2000, seed: int = 0) -> Path:
+    """A copy of `src` with `length` random bytes written over it at each fraction `at` of its size."""
+    data = bytearray(Path(src).read_bytes())
+    rng = np.random.default_rng(seed)
+    for fraction in at:
+        offset = int(len(data) * fraction)
+        data[offset : offset + length] = rng.integers(0, 256, len(data[offset : offset + length]), dtype=np.uint8).tobytes()
+    with _atomic(dst) as tmp:
+        Path(tmp).write_bytes(bytes(data))
+    return Path(dst)
+
+
+def truncate(src: str | os.PathLike, dst: str | os.PathLike, keep: float | int) -> Path:
+    """A copy of `src` cut after `keep` bytes (int) or that fraction of its size (float)."""
+    data = Path(src).read_bytes()
+    size = keep if isinstance(keep, int) else int(len(data) * keep)
+    with _atomic(dst) as tmp:
+        Path(tmp).write_bytes(data[:size])
+    return Path(dst)
+
+
+def header_only(src: str | os.PathLike, dst: str | os.PathLike) -> Path:
+    """A faststart MP4 cut right after its index: a valid header and no picture data."""
+    data = Path(src).read_bytes()
+    return truncate(src, dst, data.index(b"mdat") + 4)
+
+
+def damaged_cases(folder: str | os.PathLike) -> dict[str, Path]:
+    """Odd and damaged media nobody here would export on purpose, built from generated clips: what
+    tests/distributed/test_damaged_media.py and scripts/bench_damaged.py run. 12 s sources at 24 fps."""
+    d = Path(folder)
+    d.mkdir(parents=True, exist_ok=True)
+    mp4 = make_clip(d / "src.mp4", 12, 160, 96, 24, seed=1)
+    fast = make_clip(d / "src_faststart.mp4", 12, 160, 96, 24, seed=1, faststart=True)
+    mkv = make_clip(d / "src.mkv", 12, 160, 96, 24, seed=1)
+    ts = make_clip(d / "src.ts", 12, 160, 96, 24, seed=1)
+    wrong = d / "wrong_extension.avi"
+    wrong.write_bytes(mp4.read_bytes())
+    return {
+        "clean mp4": mp4,
+        "bytes overwritten mp4 (3 places)": damage(mp4, d / "overwritten.mp4"),
+        "bytes overwritten mkv (3 places)": damage(mkv, d / "overwritten.mkv"),
+        "bytes overwritten ts (3 places)": damage(ts, d / "overwritten.ts"),
+        "truncated mp4 at 50% (index at end)": truncate(mp4, d / "trunc50.mp4", 0.5),
+        "truncated faststart mp4 at 30%": truncate(fast, d / "trunc30_fast.mp4", 0.3),
+        "truncated faststart mp4 at 90%": truncate(fast, d / "trunc90_fast.mp4", 0.9),
+        "truncated mkv at 50%": truncate(mkv, d / "trunc50.mkv", 0.5),
+        "truncated ts at 50%": truncate(ts, d / "trunc50.ts", 0.5),
+        "header only": header_only(fast, d / "header_only.mp4"),
+        "zero-length video stream": make_no_frames(d / "no_frames.mp4"),
+        "wrong extension": wrong,
+        "audio only": make_audio_only(d / "audio_only.m4a", 3),
+        "variable frame rate": make_plain(d / "vfr.mkv", 0, 32, 32, times=[i * 0.02 + (i // 2) * 0.06 for i in range(120)]),
+        "rotation 90": make_clip(d / "rotated.mp4", 4, 96, 64, 24, seed=2, rotation=90),
+        "1x1 frames": make_plain(d / "one_pixel.mkv", 3, 1, 1),
+        "odd size 33x17": make_plain(d / "odd.mkv", 3, 33, 17),
+        "10-bit h264": make_clip(d / "ten_bit.mp4", 3, 96, 64, 24, seed=3, pix_fmt="yuv420p10le"),
+    }

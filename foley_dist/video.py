@@ -27,6 +27,7 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
+from foley_dist import mediaguard
 from foley_dist.errors import FoleyError
 from foley_dist.segments import Segment
 
@@ -105,12 +106,8 @@ def _first_frame(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream, path: str
 ) -> av.VideoFrame:
     """Decode one frame: the cheapest proof that the stream is decodable, and the source of its rotation."""
-    try:
-        frame = next(container.decode(stream), None)
-    except av.FFmpegError as e:
-        raise FoleyError(
-            f"{path}: the video stream cannot be decoded ({e.strerror}); the file is corrupt, re-encode it"
-        ) from None
+    with mediaguard.media_errors(path):
+        frame = next(mediaguard.decode(container, stream), None)
     if frame is None:
         raise FoleyError(f"{path}: the video stream has no frames; the file is empty or truncated, re-encode it")
     return frame
@@ -212,11 +209,12 @@ def decode_segment(
     path = _check_file(path)
     if len(times) == 0:
         return torch.empty(0, 3, *size, dtype=torch.uint8)
-    if decoder == "decord":
-        frames = _decode_decord(path, times, size, mode, info or probe(path))
-        if frames is not None:
-            return frames
-    return _decode_pyav(path, times, size, mode)
+    with mediaguard.media_errors(path):
+        if decoder == "decord":
+            frames = _decode_decord(path, times, size, mode, info or probe(path))
+            if frames is not None:
+                return frames
+        return _decode_pyav(path, times, size, mode)
 
 
 # --- PyAV: seek once, decode forward, convert only the chosen frames --------------------------------
@@ -239,10 +237,8 @@ def _to_tensor(frame: av.VideoFrame, size: tuple[int, int], mode: Mode, scaler: 
 def _timed(
     container: av.container.InputContainer, stream: av.video.stream.VideoStream
 ) -> Iterator[tuple[float, av.VideoFrame]]:
-    origin = stream.start_time or 0
-    for frame in container.decode(stream):
-        if frame.pts is not None:
-            yield float((frame.pts - origin) * stream.time_base), frame
+    for frame in mediaguard.decode(container, stream):  # skips and counts damaged packets
+        yield mediaguard.frame_span(frame, stream)[0], frame
 
 
 def _frames_from(
@@ -301,16 +297,12 @@ def iter_frames(path: str | os.PathLike, times: Sequence[float], size: tuple[int
     path = _check_file(path)
     if not times:
         return
-    with _open(path) as container:
+    with mediaguard.media_errors(path), _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = PYAV_THREAD_TYPE
         scaler = VideoReformatter()
-        empty = True
-        for image in _pick(_frames_from(container, stream, times[0]), times, lambda f: _to_tensor(f, size, mode, scaler)):
-            empty = False
-            yield image
-    if empty:
-        raise FoleyError(f"{path}: the video stream has no decodable frames; the file is corrupt, re-encode it")
+        frames = mediaguard.check_window(_frames_from(container, stream, times[0]), times[0], times[-1], path, stream)
+        yield from _pick(frames, times, lambda f: _to_tensor(f, size, mode, scaler))
 
 
 def _decode_pyav(path: str, times: Sequence[float], size: tuple[int, int], mode: Mode) -> torch.Tensor:
@@ -344,6 +336,10 @@ def _decode_decord(
     indices = select_frames((starts - starts[0]).tolist(), times)
     unique = sorted(set(indices))
     row = {index: k for k, index in enumerate(unique)}
-    batch = torch.from_numpy(reader.get_batch(unique).asnumpy()).permute(0, 3, 1, 2)
+    try:
+        batch = torch.from_numpy(reader.get_batch(unique).asnumpy()).permute(0, 3, 1, 2)
+    except (decord.DECORDError, RuntimeError) as e:  # damaged packets: PyAV skips them, decord gives up
+        log.warning("decord cannot decode %s (%s); decoding with PyAV", path, str(e).splitlines()[0] if str(e) else e)
+        return None
     frames = batch[[row[i] for i in indices]]
     return (_center_crop(frames, size) if mode == "center_crop" else frames).contiguous()

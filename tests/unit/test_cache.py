@@ -1,4 +1,4 @@
-"""Feature cache: content-hash keys, exact round trip, damaged entries are misses and get replaced,
+"""Feature cache: cheap file-identity keys, XDG_CACHE_HOME, exact round trip, damaged entries are misses and get replaced,
 LRU eviction under the size bound, and two processes writing one key at once."""
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ import pytest
 import torch
 
 from foley_dist import cache
-from foley_dist.cache import FeatureCache, feature_key, file_digest
+import shutil
+
+from foley_dist.cache import FeatureCache, cache_root, feature_key, file_identity
 
 KEY = "ab" * 32
 SETTINGS = {"model": "tiny:0", "tiling": None}
@@ -31,30 +33,78 @@ def video(tmp_path: Path) -> Path:
     return path
 
 
-def test_key_follows_content_not_path(video: Path, tmp_path: Path):
+def test_identity_follows_content_and_mtime_not_path(video: Path, tmp_path: Path):
     copy = tmp_path / "renamed.mov"
-    copy.write_bytes(video.read_bytes())
-    assert feature_key(video, 0.0, 5.0, SETTINGS) == feature_key(copy, 0.0, 5.0, SETTINGS)
-    data = bytearray(video.read_bytes())
-    data[-1] ^= 1
-    copy.write_bytes(bytes(data))
-    assert feature_key(copy, 0.0, 5.0, SETTINGS) != feature_key(video, 0.0, 5.0, SETTINGS)
+    shutil.copy2(video, copy)  # same bytes, same mtime, another name
+    assert file_identity(video) == file_identity(copy)
+    st = copy.stat()
+    for offset in (0, (3 << 20) // 2, (3 << 20) - 1):  # first, a middle and the last byte: inside the slices
+        data = bytearray(video.read_bytes())
+        data[offset] ^= 1
+        copy.write_bytes(bytes(data))
+        os.utime(copy, ns=(st.st_atime_ns, st.st_mtime_ns))  # even with the mtime put back
+        cache._identity.cache_clear()  # (memoised per path, size and mtime: a new run starts empty)
+        assert file_identity(copy) != file_identity(video)
+    shutil.copy2(video, copy)
+    os.utime(copy, ns=(0, 10**9))  # an edit in place outside the slices still changes the mtime
+    assert file_identity(copy) != file_identity(video)
+
+
+def test_identity_reads_a_few_slices_not_the_file(tmp_path: Path, monkeypatch):
+    big = tmp_path / "big.mp4"
+    with open(big, "wb") as f:
+        f.truncate(1 << 30)  # 1 GiB sparse
+    reads = []
+    real_open = open
+    monkeypatch.setattr("builtins.open", lambda *a, **k: _Counting(real_open(*a, **k), reads))
+    file_identity(big)
+    assert sum(reads) <= 4 << 20
+
+
+class _Counting:
+    def __init__(self, f, reads):
+        self.f, self.reads = f, reads
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.f.close()
+
+    def seek(self, offset):
+        self.f.seek(offset)
+
+    def read(self, n):
+        data = self.f.read(n)
+        self.reads.append(len(data))
+        return data
+
+
+def test_cache_root_honours_xdg_cache_home(monkeypatch, tmp_path: Path):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert cache_root("auto") == tmp_path / "foley_dist" / "features"
+    monkeypatch.setenv("XDG_CACHE_HOME", "relative/dir")  # not absolute: ignored, as the spec says
+    assert cache_root("auto") == Path.home() / ".cache" / "foley_dist" / "features"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert cache_root("auto") == Path.home() / ".cache" / "foley_dist" / "features"
+    assert cache_root(str(tmp_path / "c")) == tmp_path / "c"
 
 
 def test_key_changes_with_segment_and_settings(video: Path):
-    base = feature_key(video, 0.0, 5.0, SETTINGS)
-    assert feature_key(video, 4.0, 9.0, SETTINGS) != base
-    assert feature_key(video, 0.0, 5.0, {**SETTINGS, "model": "tiny:1"}) != base
-    assert feature_key(video, 0.0, 5.0, {**SETTINGS, "tiling": {"tile_size": 224}}) != base
-    assert feature_key(video, 0.0, 5.0, dict(reversed(SETTINGS.items()))) == base  # order does not matter
+    ident = file_identity(video)
+    base = feature_key(ident, 0.0, 5.0, SETTINGS)
+    assert feature_key(ident, 4.0, 9.0, SETTINGS) != base
+    assert feature_key(ident, 0.0, 5.0, {**SETTINGS, "model": "tiny:1"}) != base
+    assert feature_key(ident, 0.0, 5.0, {**SETTINGS, "tiling": {"tile_size": 224}}) != base
+    assert feature_key(ident, 0.0, 5.0, dict(reversed(SETTINGS.items()))) == base  # order does not matter
 
 
-def test_digest_is_memoised_until_the_file_changes(video: Path):
-    cache._digest.cache_clear()
-    first = file_digest(video)
-    assert file_digest(video) == first and cache._digest.cache_info().hits == 1
+def test_identity_is_memoised_until_the_file_changes(video: Path):
+    cache._identity.cache_clear()
+    first = file_identity(video)
+    assert file_identity(video) == first and cache._identity.cache_info().hits == 1
     os.utime(video, ns=(0, 10**9))
-    assert file_digest(video) == first and cache._digest.cache_info().misses == 2
+    assert file_identity(video) != first and cache._identity.cache_info().misses == 2
 
 
 def test_round_trip_is_exact(tmp_path: Path):
