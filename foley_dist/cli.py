@@ -54,7 +54,7 @@ def _print_summary(report: dict, written: str) -> None:
 
 
 def generate(overrides: list[str]) -> int:
-    from foley_dist.jobs import generate_jobs
+    from foley_dist.jobs import generate_jobs, report_path
     from foley_dist.output import write_json_atomic
 
     cfg = config.load("generate", overrides)
@@ -67,14 +67,14 @@ def generate(overrides: list[str]) -> int:
     status = outcome.status.get(0, {"status": "failed", "reason": "no audio was produced"})
     if status["status"] != "done":
         raise FoleyError(status["reason"])
-    report_file = Path(cfg.report or Path(cfg.output).with_suffix(".json"))
+    report_file = Path(report_path(cfg))
     write_json_atomic(report_file, {**outcome.report, "status": status})
     _print_summary(outcome.report, f"{cfg.output}{' + ' + status['muxed'] if 'muxed' in status else ''} and {report_file}")
     return 0
 
 
 def batch(overrides: list[str]) -> int:
-    from foley_dist.jobs import batch_jobs
+    from foley_dist.jobs import batch_jobs, run_outputs
     from foley_dist.output import write_json_atomic, write_jsonl_atomic
     from foley_dist.runtime import run
     from foley_dist.sink import skip_finished_jobs
@@ -83,11 +83,13 @@ def batch(overrides: list[str]) -> int:
     root = Path(cfg.output_root)
     journal = root / ".finished.jsonl"
     jobs, rejected = batch_jobs(cfg)
+    results_file = Path(cfg.results or root / "results.jsonl")
+    run_outputs({"results": str(results_file), "report": cfg.report or str(root / "report.json"), "trace": cfg.trace},
+                jobs, [cfg.manifest])
     jobs, earlier = skip_finished_jobs(jobs, journal)
     outcome = run(cfg, jobs, journal) if jobs else None
     if int(os.environ.get("RANK", 0)) != int(os.environ.get("WORLD_SIZE", 1)) - 1:
         return 0  # not the sink (last) rank: the sink writes the results
-    results_file = Path(cfg.results or root / "results.jsonl")
     status = outcome.status if outcome else {}
     rows = [{"video": j.video, "output": j.output, "key": j.key, "status": "done", "from_earlier_run": True} for j in earlier]
     rows += [{"video": r.video, "output": r.output, "status": "failed", "reason": r.reason} for r in rejected]

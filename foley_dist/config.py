@@ -79,7 +79,7 @@ class RunConfig:
     report: Optional[str] = None  # default: beside the output
     trace: Optional[str] = None  # Chrome/Perfetto trace path
     progress: bool = True
-    mux: bool = False  # also write a copy of the video with the generated audio track
+    mux: bool = False  # also write a copy of the video with the generated audio track (see mux_output)
     seam: str = "crossfade"  # crossfade (independent segments) | continuation (each continues the previous)
     seam_metric: bool = True  # measure loudness/spectral jumps at segment boundaries into the report
     vision: VisionConfig = field(default_factory=VisionConfig)
@@ -93,6 +93,7 @@ class GenerateConfig(RunConfig):
     video: str = MISSING
     prompt: str = ""
     output: str = "out/foley.wav"
+    mux_output: Optional[str] = None  # with mux=true; default OUTPUT_STEM.muxed.EXT (EXT: the input's container)
 
 
 @dataclass

@@ -16,6 +16,7 @@ from pathlib import Path
 
 from foley_dist.config import BatchConfig, GenerateConfig, RunConfig
 from foley_dist.errors import FoleyError
+from foley_dist.outpaths import Output, check_outputs, default_mux_output, job_outputs
 from foley_dist.segments import SegmentPlan
 from foley_dist.video import VideoInfo, probe
 
@@ -33,6 +34,11 @@ class Job:
     plan: SegmentPlan
     key: str
     overrides: dict = field(default_factory=dict)  # per-item model.steps / guidance_scale / negative_prompt
+    mux_output: str | None = None  # the video with the generated audio, when muxing
+
+    def outputs(self) -> list[Output]:
+        return job_outputs(self.video, self.output, self.mux_output, self.key, self.info.duration,
+                           sum(s.seconds for s in self.plan.segments))
 
 
 @dataclass(frozen=True)
@@ -57,19 +63,39 @@ def job_key(cfg: RunConfig, video: str, prompt: str, seed: int, overrides: dict)
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
-def make_job(cfg: RunConfig, video: str, prompt: str, output: str, seed: int, overrides: dict | None = None) -> Job:
-    """Probe the video (raises FoleyError naming the problem) and cut its timeline into segments."""
+def make_job(cfg: RunConfig, video: str, prompt: str, output: str, seed: int, overrides: dict | None = None,
+             mux_output: str | None = None) -> Job:
+    """Probe the video and cut its timeline into segments; refuse outputs that could destroy a file or
+    fail late (outpaths.py). Raises FoleyError naming the problem."""
     overrides = overrides or {}
     if cfg.segment_seconds > MAX_SEGMENT_SECONDS:
         raise FoleyError(f"segment_seconds={cfg.segment_seconds} exceeds the model's {MAX_SEGMENT_SECONDS:g} s window; "
                          f"long videos are handled by more segments, pass segment_seconds<={MAX_SEGMENT_SECONDS:g}")
     info = probe(video)
     plan = SegmentPlan.build(info.duration, cfg.segment_seconds, cfg.overlap_seconds)
-    return Job(video, prompt, output, seed, info, plan, job_key(cfg, video, prompt, seed, overrides), overrides)
+    if cfg.mux:
+        mux_output = mux_output or default_mux_output(output, video)
+    job = Job(video, prompt, output, seed, info, plan, job_key(cfg, video, prompt, seed, overrides), overrides,
+              mux_output if cfg.mux else None)
+    check_outputs(job.outputs(), [video])
+    return job
+
+
+def run_outputs(files: dict[str, str | None], jobs: list[Job], inputs: list[str]) -> None:
+    """Check the run's own files (report, trace, results: setting -> path) against every job's
+    outputs and inputs; a problem is exit 2 before any work."""
+    outs = [Output("jsonl" if setting == "results" else "json", Path(path), setting) for setting, path in files.items() if path]
+    check_outputs([*outs, *(o for j in jobs for o in j.outputs())], [*inputs, *(j.video for j in jobs)])
 
 
 def generate_jobs(cfg: GenerateConfig) -> list[Job]:
-    return [make_job(cfg, cfg.video, cfg.prompt, cfg.output, cfg.seed)]
+    job = make_job(cfg, cfg.video, cfg.prompt, cfg.output, cfg.seed, mux_output=cfg.mux_output)
+    run_outputs({"report": report_path(cfg), "trace": cfg.trace}, [job], [])
+    return [job]
+
+
+def report_path(cfg: GenerateConfig) -> str:
+    return cfg.report or str(Path(cfg.output).with_suffix(".json"))
 
 
 def read_manifest(path: str) -> list[dict]:
@@ -104,7 +130,7 @@ def batch_jobs(cfg: BatchConfig) -> tuple[list[Job], list[Rejected]]:
     """Every manifest item as a Job, or as Rejected with the reason (bad video, bad path, bad fields)."""
     rows = read_manifest(cfg.manifest)
     base, root = Path(cfg.manifest).resolve().parent, Path(cfg.output_root)
-    jobs, rejected = [], []
+    jobs, rejected, taken = [], [], {}
     for i, row in enumerate(rows):
         video = str(base / row["video"]) if row.get("video") else ""
         output = str(row.get("output") or "")
@@ -112,6 +138,9 @@ def batch_jobs(cfg: BatchConfig) -> tuple[list[Job], list[Rejected]]:
             if not video or not output:
                 raise FoleyError("item needs both 'video' and 'output'")
             target = safe_output(root, output)
+            if target in taken:
+                raise FoleyError(f"output {output!r} is also item {taken[target]}'s output; give each item its own")
+            taken[target] = i
             overrides = dict(row.get("overrides") or {})
             unknown = sorted(set(overrides) - set(ITEM_OVERRIDES))
             if unknown:

@@ -131,7 +131,7 @@ def chrome_trace(ranks: list[RankStats]) -> dict:
                 "name": f"{s.name} #{s.item}", "ts": shift + s.start * 1e6, "dur": s.dur * 1e6,
                 "args": {"item": s.item, "stage": s.name},
             })
-    return {"traceEvents": events, "displayTimeUnit": "ms"}
+    return {"traceEvents": events, "displayTimeUnit": "ms", "otherData": {"generator": "foley_dist"}}
 
 
 def _proc_status(key: str) -> float:

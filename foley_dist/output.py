@@ -30,6 +30,7 @@ import torch
 
 from foley_dist.errors import FoleyError
 
+MARK = "foley_dist"  # tags every file written here: outpaths.py may replace a marked file, never another
 AUDIO_FORMATS = {".wav": ("WAV", "FLOAT"), ".flac": ("FLAC", "PCM_24")}
 VIDEO_CONTAINERS = {".mp4": "mp4", ".mov": "mov", ".mkv": "matroska"}
 AAC_BIT_RATE = 192_000
@@ -74,6 +75,7 @@ class AudioWriter:
         self._file = sf.SoundFile(
             self.tmp, "w", samplerate=sample_rate, channels=channels, format=fmt, subtype=self.subtype
         )
+        self._file.software = MARK
 
     def write(self, chunk: np.ndarray | torch.Tensor) -> None:
         """Append samples: shape (n,) for mono or (n, channels)."""
@@ -154,6 +156,7 @@ def mux(video_path: str | os.PathLike, audio_path: str | os.PathLike, out_path: 
                 raise FoleyError(f"{audio_path} has {audio.channels} channels; muxing supports mono or stereo audio")
             in_video = source.streams.video[0]
             with av.open(str(tmp), "w", format=container_format) as out:
+                out.metadata["comment"] = MARK
                 out_video = out.add_stream_from_template(in_video)
                 out_audio = out.add_stream("aac", rate=audio.samplerate)
                 out_audio.layout = _LAYOUTS[audio.channels]

@@ -23,14 +23,14 @@ from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.message import Message
 from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic
+from foley_dist.outpaths import parts_path
 from foley_dist.seam import seam_report
 from foley_dist.stitch import Stitcher
 
 
 def parts_dir(job: Job) -> Path:
     """Hidden folder beside the output holding the job's finished segments (removed when it completes)."""
-    out = Path(job.output)
-    return out.parent / f".{out.name}.parts-{job.key}"
+    return parts_path(job.output, job.key)
 
 
 def finished_jobs(journal: Path) -> set[str]:
@@ -80,9 +80,9 @@ class JobState:
 class Sink:
     """Stitches each job's segments in order and streams the result to its output file."""
 
-    def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool, mux_video: bool,
+    def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool,
                  measure_seams: bool, journal: Path | None = None):
-        self.jobs, self.sample_rate, self.done, self.mux_video = jobs, sample_rate, done, mux_video
+        self.jobs, self.sample_rate, self.done = jobs, sample_rate, done
         self.measure_seams = measure_seams
         self.journal = journal  # finished jobs are appended here as they complete (batch resume)
         self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
@@ -159,8 +159,8 @@ class Sink:
                                    "sync_frames_saved": round(sum(saved) / len(saved), 4)}
             if self.measure_seams and len(job.plan) > 1:
                 entry["seams"] = measure_seams(job, self.sample_rate)
-            if self.mux_video:
-                entry["muxed"] = str(Path(job.output).with_suffix(".mp4"))
+            if job.mux_output:
+                entry["muxed"] = job.mux_output
                 try:
                     mux(job.video, job.output, entry["muxed"])
                 except FoleyError as e:

@@ -186,7 +186,7 @@ def test_mux_keeps_video_stream_and_adds_audio(clip12, tmp_path):
     out = tmp_path / "scored.wav"
     r = run_cli(["generate", f"video={clip12}", f"output={out}", "mux=true", *FAST])
     assert r.returncode == 0, r.stderr[-2000:]
-    muxed = out.with_suffix(".mp4")
+    muxed = out.with_name("scored.muxed.mp4")  # OUTPUT_STEM.muxed.EXT: never the input's own name
     with av.open(str(clip12)) as src, av.open(str(muxed)) as dst:
         src_packets = [bytes(p) for p in src.demux(src.streams.video[0]) if p.size]
         dst_packets = [bytes(p) for p in dst.demux(dst.streams.video[0]) if p.size]
