@@ -12,9 +12,11 @@ finished work is kept, re-run the same command to resume); 130 Ctrl-C.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import sys
+import time
 from pathlib import Path
 
 from foley_dist import config, transport
@@ -27,10 +29,16 @@ commands:
             model=tiny|hunyuan_xl|hunyuan_xxl model.path=DIR model.steps=50 layout=pipeline|single|replicated
             layout.ranks=[...] hardware=auto|cpu|gpu trace=PATH ...]
   batch     manifest=jobs.jsonl|jobs.csv [output_root=out/batch results=PATH ...same settings as generate]
+  launch    [--verbose] [torchrun options] -- generate|batch ...   torch's elastic agent; exits with the
+            failing rank's code (2, 3, 4, 143) and prints its one line instead of torchrun's report
   plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH]
             per-stage memory, FLOPs and time share, recommended layout, whether it fits
   plot-trace TRACE.json OUT.png [--setup --title T]   a run's trace as a Gantt chart (needs the plot extra)
 Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
+
+
+class BatchIncomplete(Exception):
+    """A batch finished but some items failed (exit 4): the message says where the results are."""
 
 
 class Preempted(Exception):
@@ -101,9 +109,15 @@ def batch(overrides: list[str]) -> int:
     failed = [r for r in rows if r["status"] != "done"]
     print(f"batch: {len(rows) - len(failed)} of {len(rows)} item(s) done ({len(earlier)} by earlier runs), "
           f"{len(failed)} failed; results in {results_file}", flush=True)
+    if outcome is not None:
+        print(f"segments: {outcome.report['segments_resumed']} resumed from an earlier run, "
+              f"{outcome.report['segments_cached']} from the feature cache; damaged or missing video frames "
+              f"skipped: {outcome.report['frames_skipped']}", flush=True)
     for r in failed:
         print(f"  failed: {r['video'] or '?'} -> {r['output'] or '?'}: {r['reason']}", flush=True)
-    return 4 if failed else 0
+    if failed:
+        raise BatchIncomplete(f"{len(failed)} of {len(rows)} batch item(s) failed; see {results_file}")
+    return 0
 
 
 def plan(overrides: list[str]) -> int:
@@ -118,11 +132,35 @@ def plot_trace(args: list[str]) -> int:
     return plot_main(args)
 
 
+def launch(argv: list[str]) -> int:
+    from foley_dist.launch import main as launch_main
+
+    return launch_main(argv)
+
+
 COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": plot_trace}
+
+
+def record_failure(code: int, line: str) -> int:
+    """Print the one line, and leave it with the exit code in TORCHELASTIC_ERROR_FILE when torch's
+    elastic agent started this worker, so `foley-dist launch` can report the root cause. Returns code."""
+    print(line, file=sys.stderr, flush=True)
+    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
+    if path:
+        record = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}},
+                  "foley_dist": {"exit_code": code, "message": line, "time": time.time()}}
+        try:
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+            Path(path).write_text(json.dumps(record))
+        except OSError:
+            pass  # the exit code still tells the agent
+    return code
 
 
 def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
+    if argv and argv[0] == "launch":
+        return launch(argv[1:])  # torch's agent installs its own signal handlers
     if not argv or argv[0] in ("-h", "--help") or argv[0] not in COMMANDS:
         print(USAGE, file=sys.stderr)
         return 0 if argv and argv[0] in ("-h", "--help") else 2
@@ -131,17 +169,15 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[argv[0]](argv[1:])
     except FoleyError as e:
-        print(f"foley-dist: error: {e}", file=sys.stderr, flush=True)
-        return e.exit_code
+        return record_failure(e.exit_code, f"foley-dist: error: {e}")
+    except BatchIncomplete as e:
+        return record_failure(4, f"foley-dist: batch incomplete: {e}")
     except transport.PeerTimeout as e:
-        print(f"foley-dist: rank {rank}: peer failure: {e}", file=sys.stderr, flush=True)
-        return 3
+        return record_failure(3, f"foley-dist: rank {rank}: peer failure: {e}")
     except Preempted:
-        print(f"foley-dist: rank {rank}: terminated (SIGTERM); finished segments are kept, re-run to resume",
-              file=sys.stderr, flush=True)
-        return 143
+        return record_failure(143, f"foley-dist: rank {rank}: terminated (SIGTERM); finished segments are kept, "
+                                   "re-run to resume")
     except KeyboardInterrupt:
-        print(f"foley-dist: rank {rank}: interrupted", file=sys.stderr, flush=True)
-        return 130
+        return record_failure(130, f"foley-dist: rank {rank}: interrupted")
     finally:
         transport.shutdown()

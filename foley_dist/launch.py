@@ -1,0 +1,92 @@
+"""`foley-dist launch [torchrun options] -- generate|batch ...`: torch's elastic agent, exit codes kept.
+
+A farm manager decides from the exit code whether to retry. Under plain torchrun every failure
+becomes exit 1 plus a 50-line dump. This entry parses torchrun's own options with
+`torch.distributed.run`'s parser and runs its elastic agent (`torch.distributed.run.run` ->
+`elastic_launch`), then exits with the root-cause worker's code and prints that worker's one-line
+message. Workers record the code and the line in TORCHELASTIC_ERROR_FILE (cli.record_failure);
+the root cause is:
+
+1. the earliest recorded failure other than 143 (2 bad input, 3 peer died, 4 partial batch, 1 a bug);
+2. else a worker that died without recording (killed by a signal other than SIGTERM, e.g. SIGKILL or
+   the OOM killer): 3, the job is retryable and resumes;
+3. else 143: the workers were terminated (pre-emption), retry to resume.
+
+The launcher itself stopped by a signal exits 128 + signal (SIGTERM: 143). `--verbose` also prints
+torch's full failure report and keeps its log lines.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+
+USAGE = """usage: foley-dist launch [--verbose] [torchrun options] -- generate|batch [key=value ...]
+  e.g. foley-dist launch --standalone --nproc-per-node=3 -- generate video=clip.mp4 prompt="rain"
+exit codes: 0 done; 2 bad input (do not retry); 3 a rank died (retry: resumes); 4 batch partly failed
+(see results); 143 terminated (retry: resumes); 1 a bug (see the traceback above)"""
+
+PREEMPTED = 143
+
+
+def _quiet_torch_logs() -> None:
+    """torch's elastic loggers write their own copy of every failure; keep only ours."""
+    for name in list(logging.root.manager.loggerDict):
+        if name.startswith(("torch.distributed.elastic", "torch.distributed.run", "torch.distributed.launcher")):
+            logging.getLogger(name).setLevel(logging.CRITICAL)
+
+
+def root_cause(failures: dict) -> tuple[int, int, str]:
+    """(rank, exit code, one-line message) of the failure that caused the others (module docstring)."""
+    recorded, died = [], []
+    for rank, failure in failures.items():
+        data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
+        info = data.get("foley_dist")
+        if info:
+            recorded.append((info["time"], rank, int(info["exit_code"]), info["message"]))
+        else:
+            died.append((rank, failure))
+    real = sorted(r for r in recorded if r[2] != PREEMPTED)
+    if real:
+        _, rank, code, message = real[0]
+        return rank, code, message
+    crashed = sorted((rank, f) for rank, f in died if f.exitcode != -signal.SIGTERM)
+    if crashed:
+        rank, f = crashed[0]
+        if f.exitcode < 0:
+            return rank, 3, f"rank {rank} was killed by {f.signal_name()}; re-run the same command to resume"
+        return rank, f.exitcode, f"rank {rank} exited with code {f.exitcode} without a message (see its output above)"
+    rank = min(failures)
+    return rank, PREEMPTED, f"rank {rank} was terminated (SIGTERM); finished segments are kept, re-run to resume"
+
+
+def main(argv: list[str]) -> int:
+    split = argv.index("--") if "--" in argv else len(argv)
+    command = argv[split + 1 :]
+    if not command or command[0] not in ("generate", "batch"):
+        print(USAGE, file=sys.stderr)
+        return 2
+    verbose = "--verbose" in argv[:split]
+    options = [a for a in argv[:split] if a != "--verbose"]
+
+    from torch.distributed import run as torchrun
+    from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
+    from torch.distributed.elastic.multiprocessing.api import SignalException
+
+    args = torchrun.parse_args([*options, "-m", "foley_dist", *command])
+    if not verbose:
+        _quiet_torch_logs()
+    try:
+        torchrun.run(args)
+    except ChildFailedError as e:
+        rank, code, message = root_cause(e.failures)
+        if verbose:
+            print(e.format_msg(), file=sys.stderr)
+        print(f"foley-dist launch: exit {code} (rank {rank}): {message}", file=sys.stderr, flush=True)
+        return code
+    except SignalException as e:
+        print(f"foley-dist launch: stopped by {signal.Signals(e.sigval).name}; finished segments are kept, "
+              "re-run the same command to resume", file=sys.stderr, flush=True)
+        return 128 + int(e.sigval)
+    return 0
