@@ -33,7 +33,7 @@ from hydra.core.config_store import ConfigStore
 from foley_dist import config
 from foley_dist.autolayout import choose_layout
 from foley_dist.config import ModelConfig, VisionConfig
-from foley_dist.errors import FoleyError
+from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.models.clap import text_param_count
 from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
 from foley_dist.models.foley import ModelSpec, stage_parts
@@ -401,7 +401,7 @@ def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], prec
         return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT))
     except FoleyError:
         alone = ", ".join(f"{s} {e.gpu_bytes() / 1e9:.1f}" for s, e in est.items())
-        raise FoleyError(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU (stages alone need {alone} GB; "
+        raise DoesNotFit(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU (stages alone need {alone} GB; "
                          f"stages sharing a GPU add up): pass gpus={len(STAGES)} for one stage per GPU"
                          + (" or precision=bf16" if precision == "fp32" else "")) from None
 
@@ -485,7 +485,7 @@ def make_plan(cfg: PlanConfig) -> dict:
     if too_big:
         s = too_big[0]
         hint = "precision=bf16, " if precision == "fp32" else ""
-        raise FoleyError(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
+        raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
                          f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
     layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
     total_flops = sum(e.flops for e in est.values())
@@ -546,4 +546,6 @@ def plan_command(overrides: list[str]) -> int:
     if cfg.json:
         write_json_atomic(cfg.json, plan)
         print(f"wrote {cfg.json}", flush=True)
+    if not plan["fits"]:
+        raise DoesNotFit(f"the job does not fit {cfg.gpus} GPU(s) of {cfg.gpu_memory} (plan above)")
     return 0

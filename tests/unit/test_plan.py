@@ -148,3 +148,13 @@ def test_plan_command_prints_and_writes_json(tmp_path, capsys):
     assert "layout:" in text and "diffusion" in text and str(out) in text
     data = json.loads(out.read_text())
     assert data["model"] == "hunyuan_xl" and data["gpus"] == 2 and set(data["stages"]) == {"vision", "fusion", "diffusion"}
+
+
+@pytest.mark.parametrize("memory", ["8GB", "12GB"])  # a stage alone too big; no layout of the stages fits
+def test_plan_command_exits_5_when_the_job_does_not_fit(memory, capsys):
+    from foley_dist import cli
+
+    code = cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={memory}"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 5 and len(err) == 1 and err[0].startswith("foley-dist: error:")
+    assert cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=4"]) == 0

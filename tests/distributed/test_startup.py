@@ -1,0 +1,34 @@
+"""Honest start-up: a layout that needs more ranks than exist is a note (one process) or an error
+(under the launcher), never silent; each rank's start-up line states the segments it will run."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+
+from tests.conftest import ROOT, run_cli
+
+FAST = ["model.steps=2", "progress=false", "vision.cache=off", "seam_metric=false"]
+
+
+def _launch(args: list[str], nproc: int) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "foley_dist", "launch", "--standalone", f"--nproc-per-node={nproc}",
+                           "--", *args], cwd=ROOT, capture_output=True, text=True, timeout=300)
+
+
+def test_one_process_notes_a_layout_it_cannot_spread(clip12, tmp_path):
+    r = run_cli(["generate", f"video={clip12}", f"output={tmp_path / 'o.wav'}", "layout=replicated", *FAST])
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "note: layout ['vision+fusion', 'diffusion x3'] needs 4 ranks" in r.stderr
+    assert "this rank runs 3 of 3 segment(s)" in r.stderr
+
+
+def test_each_replica_states_its_own_segments_and_too_few_ranks_is_an_error(clip12, tmp_path):
+    r = _launch(["generate", f"video={clip12}", f"output={tmp_path / 'o.wav'}", "layout=replicated", *FAST], 4)
+    assert r.returncode == 0, r.stderr[-2000:]
+    runs = {line.split("]")[0] + "]": int(m.group(1)) for line in r.stderr.splitlines()
+            if (m := re.search(r"this rank runs (\d+) of 3 segment", line))}
+    assert runs == {"[rank 0]": 3, "[rank 1]": 1, "[rank 2]": 1, "[rank 3]": 1}, r.stderr[-2000:]
+    short = _launch(["generate", f"video={clip12}", f"output={tmp_path / 'p.wav'}", "layout=replicated", *FAST], 2)
+    assert short.returncode == 2 and "needs 4 rank(s) but WORLD_SIZE is 2" in short.stderr.splitlines()[-1]
