@@ -13,7 +13,8 @@ the root cause is:
 3. else 143: the workers were terminated (pre-emption), retry to resume.
 
 The launcher itself stopped by a signal exits 128 + signal (SIGTERM: 143). `--verbose` also prints
-torch's full failure report and keeps its log lines.
+torch's full failure report and keeps its log lines. `generate` is validated here first (settings,
+input video, output paths), so bad input is refused before any rank starts.
 """
 
 from __future__ import annotations
@@ -61,6 +62,20 @@ def root_cause(failures: dict) -> tuple[int, int, str]:
     return rank, PREEMPTED, f"rank {rank} was terminated (SIGTERM); finished segments are kept, re-run to resume"
 
 
+def _preflight(overrides: list[str]) -> int:
+    """The checks every rank repeats, once before starting any: 0, or the exit code after its one line."""
+    from foley_dist import config
+    from foley_dist.errors import FoleyError
+    from foley_dist.jobs import generate_jobs
+
+    try:
+        generate_jobs(config.load("generate", overrides))
+    except FoleyError as e:
+        print(f"foley-dist: error: {e}", file=sys.stderr, flush=True)
+        return e.exit_code
+    return 0
+
+
 def main(argv: list[str]) -> int:
     split = argv.index("--") if "--" in argv else len(argv)
     command = argv[split + 1 :]
@@ -69,6 +84,9 @@ def main(argv: list[str]) -> int:
         return 2
     verbose = "--verbose" in argv[:split]
     options = [a for a in argv[:split] if a != "--verbose"]
+
+    if command[0] == "generate" and (code := _preflight(command[1:])):
+        return code
 
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError

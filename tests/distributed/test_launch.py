@@ -27,14 +27,24 @@ def _last_line(stderr: str) -> str:
     return [line for line in stderr.splitlines() if line.strip()][-1]
 
 
-def test_bad_input_exits_2_with_the_workers_line_not_the_dump(media_dir):
+def test_bad_input_is_refused_before_any_rank_starts(media_dir):
     bad = make_audio_only(media_dir / "launch_audio_only.m4a", 2)
     p = _launch(["generate", f"video={bad}", *FAST], 3)
     _, err = p.communicate(timeout=120)
+    lines = [line for line in err.splitlines() if line.strip()]
+    assert p.returncode == 2 and len(lines) == 1 and "no video stream" in lines[0], err[-2000:]
+
+
+def test_bad_input_found_by_the_ranks_exits_2_with_their_line_not_the_dump(media_dir, tmp_path):
+    """A batch is validated by its ranks: every rank exits 2; the launcher keeps the code and one line."""
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("not json\n")
+    p = _launch(["batch", f"manifest={manifest}", *FAST], 3)
+    _, err = p.communicate(timeout=120)
     assert p.returncode == 2, err[-2000:]
-    assert _last_line(err).startswith("foley-dist launch: exit 2 (rank ") and "no video stream" in _last_line(err)
+    assert _last_line(err).startswith("foley-dist launch: exit 2 (rank ") and "not valid JSON" in _last_line(err)
     assert "Root Cause" not in err and "ChildFailedError" not in err and "Traceback" not in err
-    verbose = _launch(["generate", f"video={bad}", *FAST], 2, "--verbose")
+    verbose = _launch(["batch", f"manifest={manifest}", *FAST], 2, "--verbose")
     _, err = verbose.communicate(timeout=120)
     assert verbose.returncode == 2 and "Root Cause" in err  # the full report stays available
 
