@@ -82,6 +82,8 @@ def main(argv: list[str]) -> int:
     if not command or command[0] not in ("generate", "batch"):
         print(USAGE, file=sys.stderr)
         return 2
+    # until torch's agent installs its own handlers (which stop the workers first), TERM just ends here
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(PREEMPTED))
     verbose = "--verbose" in argv[:split]
     options = [a for a in argv[:split] if a != "--verbose"]
 

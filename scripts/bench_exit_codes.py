@@ -63,8 +63,9 @@ def main() -> None:
         clip = make_clip(d / "clip.mp4", 24, 96, 64, 24, seed=5)
         start = time.monotonic()
         rows["bad input (audio-only file)"] = finish(launch(["generate", f"video={make_audio_only(d / 'a.m4a', 2)}"]), start)
-        p = launch(["generate", f"video={clip}", f"output={d / 'k.wav'}", "model.steps=30"])
-        when_parts(p, d)
+        (d / "kill").mkdir()
+        p = launch(["generate", f"video={clip}", f"output={d / 'kill' / 'o.wav'}", "model.steps=30"])
+        when_parts(p, d / "kill")
         rank(p, 1).send_signal(signal.SIGKILL)
         rows["rank 1 killed (SIGKILL)"] = finish(p, time.monotonic())
         (d / "jobs.jsonl").write_text(json.dumps({"video": str(clip), "output": "ok.wav"}) + "\n"
@@ -72,8 +73,9 @@ def main() -> None:
         start = time.monotonic()
         rows["batch with a missing video"] = finish(launch(["batch", f"manifest={d / 'jobs.jsonl'}",
                                                             f"output_root={d / 'out'}", "model.steps=2"]), start)
-        p = launch(["generate", f"video={clip}", f"output={d / 't.wav'}", "model.steps=30"])
-        when_parts(p, d)
+        (d / "term").mkdir()
+        p = launch(["generate", f"video={clip}", f"output={d / 'term' / 'o.wav'}", "model.steps=30"])
+        when_parts(p, d / "term")
         os.killpg(p.pid, signal.SIGTERM)
         rows["SIGTERM to the process group"] = finish(p, time.monotonic())
     print("| event | exit code | seconds to exit | launcher's last line |")
