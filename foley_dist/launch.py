@@ -7,10 +7,11 @@ becomes exit 1 plus a 50-line dump. This entry parses torchrun's own options wit
 message. Workers record the code and the line in TORCHELASTIC_ERROR_FILE (cli.record_failure);
 the root cause is:
 
-1. the earliest recorded failure other than 143 (2 bad input, 3 peer died, 4 partial batch, 1 a bug);
-2. else a worker that died without recording (killed by a signal other than SIGTERM, e.g. SIGKILL or
-   the OOM killer): 3, the job is retryable and resumes;
-3. else 143: the workers were terminated (pre-emption), retry to resume.
+1. a worker killed by a signal other than SIGTERM (SIGKILL, the OOM killer), which records nothing:
+   3, its peers' "peer failure" lines follow from it; the job is retryable and resumes;
+2. else the earliest recorded failure other than 143 (2 bad input, 3 peer died, 4 partial batch);
+3. else a worker that exited non-zero without recording (1: a bug, its traceback is above);
+4. else 143: the workers were terminated (pre-emption), retry to resume.
 
 The launcher itself stopped by a signal exits 128 + signal (SIGTERM: 143). `--verbose` also prints
 torch's full failure report and keeps its log lines. `generate` is validated here first (settings,
@@ -41,23 +42,23 @@ def _quiet_torch_logs() -> None:
 def root_cause(failures: dict) -> tuple[int, int, str]:
     """(rank, exit code, one-line message) of the failure that caused the others (module docstring)."""
     recorded, died = [], []
-    for rank, failure in failures.items():
+    for rank, failure in sorted(failures.items()):
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
         info = data.get("foley_dist")
         if info:
             recorded.append((info["time"], rank, int(info["exit_code"]), info["message"]))
         else:
             died.append((rank, failure))
+    for rank, f in died:  # its peers only noticed it: they recorded 3 after it died
+        if f.exitcode < 0 and f.exitcode != -signal.SIGTERM:
+            return rank, 3, f"rank {rank} was killed by {f.signal_name()}; re-run the same command to resume"
     real = sorted(r for r in recorded if r[2] != PREEMPTED)
     if real:
         _, rank, code, message = real[0]
         return rank, code, message
-    crashed = sorted((rank, f) for rank, f in died if f.exitcode != -signal.SIGTERM)
-    if crashed:
-        rank, f = crashed[0]
-        if f.exitcode < 0:
-            return rank, 3, f"rank {rank} was killed by {f.signal_name()}; re-run the same command to resume"
-        return rank, f.exitcode, f"rank {rank} exited with code {f.exitcode} without a message (see its output above)"
+    for rank, f in died:
+        if f.exitcode > 0:
+            return rank, f.exitcode, f"rank {rank} exited with code {f.exitcode} without a message (see its output above)"
     rank = min(failures)
     return rank, PREEMPTED, f"rank {rank} was terminated (SIGTERM); finished segments are kept, re-run to resume"
 

@@ -57,7 +57,8 @@ def test_killed_rank_exits_3(media_dir, tmp_path):
     _rank_process(p, 1).send_signal(signal.SIGKILL)
     _, err = p.communicate(timeout=120)
     assert p.returncode == 3, err[-2000:]
-    assert _last_line(err).startswith("foley-dist launch: exit 3") and "Root Cause" not in err
+    assert _last_line(err) == "foley-dist launch: exit 3 (rank 1): rank 1 was killed by SIGKILL; re-run the same command to resume"
+    assert "Root Cause" not in err
 
 
 def test_sigterm_exits_143(media_dir, tmp_path):
