@@ -66,17 +66,21 @@ class FoleyResult:
         return len(self.audio) / self.sample_rate
 
     def save(self, path: str | os.PathLike, mux: bool = False) -> Path:
-        """Write the audio (.wav float32 / .flac 24-bit) atomically; `mux` also writes PATH_STEM.muxed.mp4."""
+        """Write the audio (.wav float32 / .flac 24-bit) atomically; `mux` also writes PATH_STEM.muxed.EXT
+        (EXT the input's container). Never over the input or a file foley-dist did not write (outpaths)."""
         from foley_dist.output import AudioWriter, mux as mux_video
+        from foley_dist.outpaths import Output, check_outputs, default_mux_output
 
         path = Path(path)
-        if path.resolve() == Path(self.video).resolve():
-            raise FoleyError(f"refusing to write audio over the input video {self.video}; choose another path")
+        muxed = Path(default_mux_output(path, self.video)) if mux else None
+        check_outputs([Output("audio", path, "path", self.audio.nbytes),
+                       *([Output("video", muxed, "mux output", os.path.getsize(self.video))] if muxed else [])],
+                      [self.video])
         writer = AudioWriter(path, self.sample_rate)
         writer.write(self.audio)
         writer.close()
-        if mux:
-            mux_video(self.video, str(path), str(path.with_name(f"{path.stem}.muxed.mp4")))
+        if muxed:
+            mux_video(self.video, str(path), str(muxed))
         return path
 
 

@@ -96,14 +96,14 @@ def check_extension(path: str | os.PathLike, allowed: dict, setting: str) -> Non
 def check_outputs(outputs: list[Output], inputs: list[str | os.PathLike]) -> None:
     """Refuse, with one line naming the path and the fix, anything that could destroy a file or fail late."""
     for i, out in enumerate(outputs):
-        if out.kind == "audio":
-            check_extension(out.path, AUDIO_FORMATS, out.setting)
-        if out.kind == "video":
-            check_extension(out.path, VIDEO_CONTAINERS, out.setting)
         for src in inputs:
             if _same_file(out.path, Path(src)):
                 raise FoleyError(f"{out.setting}={out.path} is an input of this run ({src}); refusing to overwrite it, "
                                  f"pick another {out.setting}")
+        if out.kind == "audio":
+            check_extension(out.path, AUDIO_FORMATS, out.setting)
+        if out.kind == "video":
+            check_extension(out.path, VIDEO_CONTAINERS, out.setting)
         for other in outputs[:i]:
             if _same_file(out.path, other.path):
                 raise FoleyError(f"{out.setting}={out.path} and {other.setting}={other.path} are the same file; "

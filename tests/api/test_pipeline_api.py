@@ -56,8 +56,13 @@ def test_batch_call_and_save(pipe, clip12, tmp_path):
     saved = results[0].save(tmp_path / "a.flac")
     audio, rate = sf.read(saved, dtype="float32")
     assert rate == 48000 and np.abs(audio - results[0].audio).max() < 1e-6 + 2 ** -23
-    with pytest.raises(FoleyError, match="input video"):
+    with pytest.raises(FoleyError, match="is an input of this run"):
         results[0].save(clip12)
+    theirs = tmp_path / "theirs.wav"
+    theirs.write_bytes(b"someone's recording")
+    with pytest.raises(FoleyError, match="not written by foley-dist"):
+        results[0].save(theirs)
+    assert theirs.read_bytes() == b"someone's recording"
 
 
 def test_bad_arguments_are_one_line_errors(pipe, clip12, tmp_path):
