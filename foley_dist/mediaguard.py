@@ -93,13 +93,15 @@ def check_window(
     stream: av.video.stream.VideoStream,
 ) -> Iterator[tuple[float, av.VideoFrame]]:
     """Pass (time, frame) pairs through; raise `FoleyError` if no frame is on screen anywhere in
-    [start, end] (a frame shows for GAP_FACTOR times its duration: longer means frames are missing)."""
-    covered = False
+    [start, end]. A frame shows for GAP_FACTOR times the larger of its duration and the step that led
+    to it (a slideshow's long frames count), longer means frames are missing."""
+    covered, previous = False, None
     for t, frame in frames:
-        shown = frame_span(frame, stream)[1]
+        shown = max(frame_span(frame, stream)[1], t - previous if previous is not None else 0.0)
         covered = covered or (t <= end + TIME_TOLERANCE and t + GAP_FACTOR * shown >= start - TIME_TOLERANCE)
         if not covered and t > end + TIME_TOLERANCE:
             break
+        previous = t
         yield t, frame
     if not covered:
         raise FoleyError(f"{path}: no decodable video frame between {start:.2f} s and {end:.2f} s (the stream is "
