@@ -11,6 +11,7 @@ cannot be written, and a disk without room for roughly the outputs' size.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import shutil
@@ -77,6 +78,7 @@ def _existing_folder(path: Path) -> Path:
     return folder
 
 
+@functools.lru_cache(maxsize=1024)  # a batch puts many outputs in one folder: probe it once per process
 def _writable(folder: Path) -> bool:
     """Create and delete a file there: unlike os.access, this also sees read-only mounts, ACLs and quotas."""
     try:
