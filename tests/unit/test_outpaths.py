@@ -90,3 +90,24 @@ def test_default_mux_output_never_takes_the_input_name(tmp_path: Path):
     assert default_mux_output("out/clip.wav", "in/clip.mp4") == "out/clip.muxed.mp4"
     assert default_mux_output("clip.wav", "clip.mov") == "clip.muxed.mov"
     assert default_mux_output("clip.wav", "clip.webm") == "clip.muxed.mp4"
+
+
+def test_batch_items_with_unsafe_outputs_are_rejected_alone(clip12, tmp_path: Path):
+    """In a batch, an item whose output is taken (by another item or by someone's file) fails alone."""
+    from foley_dist import config
+    from foley_dist.jobs import batch_jobs
+
+    root = tmp_path / "out"
+    root.mkdir()
+    (root / "theirs.wav").write_bytes(b"someone's recording")
+    rows = [{"video": str(clip12), "output": "a.wav"}, {"video": str(clip12), "output": "a.wav"},
+            {"video": str(clip12), "output": "theirs.wav"}, {"video": str(clip12), "output": "b.mp3"},
+            {"video": str(clip12), "output": "b.wav"}]
+    manifest = tmp_path / "jobs.jsonl"
+    manifest.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    jobs, rejected = batch_jobs(config.load("batch", [f"manifest={manifest}", f"output_root={root}"]))
+    assert [Path(j.output).name for j in jobs] == ["a.wav", "b.wav"]
+    reasons = {r.index: r.reason for r in rejected}
+    assert "also item 0's output" in reasons[1] and "not written by foley-dist" in reasons[2]
+    assert "unsupported extension '.mp3'" in reasons[3]
+    assert (root / "theirs.wav").read_bytes() == b"someone's recording"
