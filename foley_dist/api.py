@@ -28,7 +28,7 @@ import torch
 from foley_dist import config
 from foley_dist.config import RunConfig
 from foley_dist.errors import FoleyError
-from foley_dist.jobs import Job, make_job
+from foley_dist.jobs import Job, make_job, run_outputs
 
 MODEL_NAMES = ("tiny", "hunyuan_xl", "hunyuan_xxl")
 _PRECISIONS = {torch.float32: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}
@@ -158,6 +158,7 @@ class FoleyPipeline:
         try:
             jobs = [make_job(cfg, v, p, str(o or scratch / f"{i:05d}.wav"), self.cfg.seed if seed is None else seed, item)
                     for i, (v, p, o) in enumerate(zip(videos, prompts, outputs))]
+            run_outputs({}, jobs, [])  # never over an input or a file foley-dist did not write
             results = self.run_jobs(jobs, cfg=cfg)
             if results is None:
                 return None
@@ -180,7 +181,6 @@ class FoleyPipeline:
         outcome = run(cfg or self.cfg, jobs, journal, parts_cache=self._parts)
         if outcome is None:
             return None
-        self.last_report = outcome.report
         return [FoleyResult(j.video, outcome.report["sample_rate"],
                             [SegmentInfo(s.index, s.start, s.end) for s in j.plan.segments], outcome.report,
                             outcome.status.get(i, {"status": "failed", "reason": "not finished"}), j.output)

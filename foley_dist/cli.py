@@ -67,24 +67,25 @@ def generate(overrides: list[str]) -> int:
 
     cfg = config.load("generate", overrides)
     jobs = generate_jobs(cfg)  # validates the input before the heavy model imports
-    from foley_dist.runtime import run
+    from foley_dist.api import FoleyPipeline
 
-    outcome = run(cfg, jobs)
-    if outcome is None:
-        return 0
-    status = outcome.status.get(0, {"status": "failed", "reason": "no audio was produced"})
-    if status["status"] != "done":
-        raise FoleyError(status["reason"])
+    results = FoleyPipeline(cfg).run_jobs(jobs)
+    if results is None:
+        return 0  # not the sink rank
+    (result,) = results
+    if result.status["status"] != "done":
+        raise FoleyError(result.status["reason"])
     report_file = Path(report_path(cfg))
-    write_json_atomic(report_file, {**outcome.report, "status": status})
-    _print_summary(outcome.report, f"{cfg.output}{' + ' + status['muxed'] if 'muxed' in status else ''} and {report_file}")
+    write_json_atomic(report_file, {**result.report, "status": result.status})
+    muxed = f" + {result.status['muxed']}" if "muxed" in result.status else ""
+    _print_summary(result.report, f"{cfg.output}{muxed} and {report_file}")
     return 0
 
 
 def batch(overrides: list[str]) -> int:
+    from foley_dist.api import FoleyPipeline
     from foley_dist.jobs import batch_jobs, run_outputs
     from foley_dist.output import write_json_atomic, write_jsonl_atomic
-    from foley_dist.runtime import run
     from foley_dist.sink import skip_finished_jobs
 
     cfg = config.load("batch", overrides)
@@ -95,24 +96,25 @@ def batch(overrides: list[str]) -> int:
     run_outputs({"results": str(results_file), "report": cfg.report or str(root / "report.json"), "trace": cfg.trace},
                 jobs, [cfg.manifest])
     jobs, earlier = skip_finished_jobs(jobs, journal)
-    outcome = run(cfg, jobs, journal) if jobs else None
+    results = FoleyPipeline(cfg).run_jobs(jobs, journal) if jobs else None
     if int(os.environ.get("RANK", 0)) != int(os.environ.get("WORLD_SIZE", 1)) - 1:
         return 0  # not the sink (last) rank: the sink writes the results
-    status = outcome.status if outcome else {}
+    status = {i: r.status for i, r in enumerate(results or [])}
+    report = results[0].report if results else None
     rows = [{"video": j.video, "output": j.output, "key": j.key, "status": "done", "from_earlier_run": True} for j in earlier]
     rows += [{"video": r.video, "output": r.output, "status": "failed", "reason": r.reason} for r in rejected]
     rows += [{"video": j.video, "output": j.output, "key": j.key, **status.get(i, {"status": "failed", "reason": "not finished"})}
              for i, j in enumerate(jobs)]
     write_jsonl_atomic(results_file, rows)
-    if outcome is not None:
-        write_json_atomic(cfg.report or root / "report.json", outcome.report)
+    if report is not None:
+        write_json_atomic(cfg.report or root / "report.json", report)
     failed = [r for r in rows if r["status"] != "done"]
     print(f"batch: {len(rows) - len(failed)} of {len(rows)} item(s) done ({len(earlier)} by earlier runs), "
           f"{len(failed)} failed; results in {results_file}", flush=True)
-    if outcome is not None:
-        print(f"segments: {outcome.report['segments_resumed']} resumed from an earlier run, "
-              f"{outcome.report['segments_cached']} from the feature cache; damaged or missing video frames "
-              f"skipped: {outcome.report['frames_skipped']}", flush=True)
+    if report is not None:
+        print(f"segments: {report['segments_resumed']} resumed from an earlier run, "
+              f"{report['segments_cached']} from the feature cache; damaged or missing video frames "
+              f"skipped: {report['frames_skipped']}", flush=True)
     for r in failed:
         print(f"  failed: {r['video'] or '?'} -> {r['output'] or '?'}: {r['reason']}", flush=True)
     if failed:
