@@ -58,6 +58,9 @@ def predict_makespan(layout: Topology | Sequence[str], stage_costs: dict[str, fl
     _check_costs(stage_costs)
     topo = _topology(layout, world_size)
     cost = {r: sum(stage_costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
+    for r in range(topo.world_size):
+        if topo.branch_of(r) is not None:  # a CFG pair splits each step's two branches
+            cost[r] -= stage_costs["diffusion"] / 2
     return replay(build_schedule(topo, num_items), cost, comm_s, max_inflight)
 
 
@@ -104,7 +107,7 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                         posted[recvs[r][nrecv[r]]] = clock[r]
                 elif a.kind == "compute":
                     clock[r] += rank_cost[r]
-                elif a.kind == "send":
+                elif a.kind in ("send", "fork"):
                     key = (r, a.peer, a.item)
                     avail[key] = clock[r] + comm_s
                     inflight[r].append(key)

@@ -69,6 +69,15 @@ class VisionConfig:
 
 
 @dataclass
+class DiffusionConfig:
+    """How the diffusion stage spreads one segment's sampling over ranks (see README.md, Seams)."""
+
+    # evaluate the unconditional and conditional CFG branches separately; with paired diffusion ranks
+    # (layout 'diffusion x2K') each pair splits them and swaps velocities every step
+    cfg_parallel: bool = False
+
+
+@dataclass
 class RunConfig:
     """Settings shared by `generate` (one video) and `batch` (a manifest of videos)."""
 
@@ -80,9 +89,10 @@ class RunConfig:
     trace: Optional[str] = None  # Chrome/Perfetto trace path
     progress: bool = True
     mux: bool = False  # also write a copy of the video with the generated audio track (see mux_output)
-    seam: str = "crossfade"  # crossfade (independent segments) | continuation (each continues the previous)
+    seam: str = "joint"  # joint (one latent timeline, see foley_dist.joint) | crossfade (independent segments)
     seam_metric: bool = True  # measure loudness/spectral jumps at segment boundaries into the report
     vision: VisionConfig = field(default_factory=VisionConfig)
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
     layout: LayoutConfig = field(default_factory=LayoutConfig)
     hardware: HardwareConfig = field(default_factory=HardwareConfig)

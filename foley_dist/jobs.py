@@ -59,6 +59,7 @@ def job_key(cfg: RunConfig, video: str, prompt: str, seed: int, overrides: dict)
                   cfg.model.negative_prompt],
         "plan": [cfg.segment_seconds, cfg.overlap_seconds], "decoder": cfg.decoder, "vision": vars(cfg.vision),
         "precision": cfg.hardware.precision, "overrides": overrides,
+        "sampling": [cfg.seam, cfg.diffusion.cfg_parallel],  # both change the audio's bits
     }
     return hashlib.sha256(json.dumps(ident, sort_keys=True, default=str).encode()).hexdigest()[:16]
 

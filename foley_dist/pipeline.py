@@ -15,7 +15,7 @@ from foley_dist import transport
 from foley_dist.errors import FoleyError
 from foley_dist.message import Message
 from foley_dist.metrics import Recorder
-from foley_dist.schedule import Action
+from foley_dist.schedule import Action, Topology
 
 
 class Collector(Protocol):
@@ -45,16 +45,20 @@ def execute(actions: list[Action], stages: list[torch.nn.Module], items: list[Me
             msg = held.pop(a.item) if a.item in held else items[a.item]
             for stage in stages:
                 if "error" in msg.meta:  # an upstream stage failed on this item: pass the reason on
-                    break
+                    if getattr(stage, "relays_errors", False):  # its per-step peers still expect its messages
+                        msg = stage(msg)
+                    continue
                 try:
                     with rec.span(stage.name, "compute", a.item):
                         msg = stage(msg)
                 except FoleyError as e:
                     msg = Message(msg.segment, {}, {**msg.meta, "error": f"{stage.name}: {e}"})
             held[a.item] = msg
-        elif a.kind == "send":
+        elif a.kind in ("send", "fork"):
             with rec.span("send", "comm", a.item):
-                tr.send(held.pop(a.item), a.peer)
+                tr.send(held.pop(a.item) if a.kind == "send" else held[a.item], a.peer)
+        elif a.kind == "drop":
+            del held[a.item]
         else:
             with rec.span("sink", "io", a.item):
                 sink.collect(held.pop(a.item))
@@ -71,3 +75,17 @@ def end_of_stream(tr: transport.Transport, up: list[int], down: list[int], rec: 
             raise RuntimeError(f"rank {src} sent item {msg.segment} after the last scheduled one: ranks are out of step")
     with rec.span("flush", "comm", -1):
         tr.flush()
+
+
+def step_channel(topo: Topology, env: transport.Env, timeout_s: float, needed: bool) -> transport.StepLinks | None:
+    """The diffusion ranks' per-step channel (joint overlaps, CFG-parallel velocities), made on every
+    rank when the run needs one (its process group is collective); None in one process."""
+    if not needed or env.world_size == 1:
+        return None
+    group, me = topo.groups[-1], env.rank
+    branch = topo.branch_of(me)
+    owner = group.partner if branch == 0 else group.owner  # each CFG branch talks to the same branch
+    partner = None
+    if branch is not None:  # owners[j] and partners[j] form a pair
+        partner = group.partners[group.ranks.index(me)] if branch == 1 else group.ranks[group.partners.index(me)]
+    return transport.StepLinks(me, owner, partner, branch, env.device, timeout_s, transport.step_group())

@@ -14,6 +14,7 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 
 from foley_dist import transport
@@ -22,15 +23,16 @@ from foley_dist.cache import file_identity
 from foley_dist.config import LayoutConfig, RunConfig
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
+from foley_dist.joint import link_neighbours
 from foley_dist.message import Message
 from foley_dist.metrics import Recorder, RankStats, chrome_trace, summarize
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.output import MARK, write_json_atomic
 from foley_dist.plan import stage_flops
-from foley_dist.pipeline import end_of_stream, execute
+from foley_dist.pipeline import end_of_stream, execute, step_channel
 from foley_dist.schedule import STAGES, Topology, build_schedule, expand_layout, peers
-from foley_dist.sink import Sink, finished_segments
-from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
+from foley_dist.sink import Sink, finished_segments, joint_resume_state
+from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 
 def work_items(jobs: list[Job], done: dict[int, set[int]], identities: dict[int, str] | None = None) -> list[Message]:
@@ -47,6 +49,19 @@ def work_items(jobs: list[Job], done: dict[int, set[int]], identities: dict[int,
                 meta["video_id"] = identities[j]
             items.append(Message(len(items), {}, meta))
     return items
+
+
+def continue_from(items: list[Message], jobs: list[Job], tails: dict[int, np.ndarray]) -> dict[int, np.ndarray]:
+    """seam=joint resume: the first unfinished segment of each job in `tails` continues its finished
+    predecessor (meta `joint_prev`); returns {item: the predecessor's per-step tails} to preload."""
+    out = {}
+    for n, msg in enumerate(items):
+        j = msg.meta["job"]
+        if j in tails and "joint_prev" not in msg.meta and msg.meta["segment"] > 0:
+            prev = jobs[j].plan.segments[msg.meta["segment"] - 1]
+            msg.meta["joint_prev"] = [prev.start, prev.end]
+            out[n] = tails[j]
+    return out
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -69,7 +84,8 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
                                       model_id=f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"),
         "fusion": lambda: FusionStage(spec, parts["text"], parts.get("dit_condition", parts.get("dit")), cfg.model.negative_prompt),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
-                                            device, autocast_dtype(cfg.hardware.precision, device), cfg.seam),
+                                            device, autocast_dtype(cfg.hardware.precision, device), cfg.seam,
+                                            cfg.diffusion.cfg_parallel),
     }
     return [make[n]() for n in names]
 
@@ -110,25 +126,30 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
         if env.world_size == 1 and needed > 1 and cfg.layout.ranks != LayoutConfig().ranks:  # the default is silent
             log(0, f"note: layout {list(cfg.layout.ranks)} needs {needed} ranks; this one process runs every stage "
                    f"(start it with foley-dist launch --nproc_per_node={needed} -- ... to spread them)")
-    topo = Topology.parse(layout, env.world_size)
+    topo = Topology.parse(layout, env.world_size, cfg.diffusion.cfg_parallel and env.world_size > 1)
     if cfg.hardware.threads > 0:
         torch.set_num_threads(cfg.hardware.threads)
     weights_root(spec, cfg.model)
     autocast_dtype(cfg.hardware.precision, env.device)  # a bad precision fails before any rank starts work
-    if cfg.seam == "continuation" and len(topo.groups[-1].ranks) > 1:
-        raise FoleyError("seam=continuation samples segments one after another, so diffusion replicas would idle; "
-                         "give the diffusion stage one rank, or use seam=crossfade")
+    if cfg.seam not in SEAM_MODES:
+        raise FoleyError(f"seam={cfg.seam!r} is not one of {', '.join(SEAM_MODES)} (continuation was retired: use joint)")
     names = topo.stages_of(env.rank)
     is_sink = env.rank == topo.sink
 
     transport.init(env, cfg.hardware.timeout_s)
-    # continuation needs the previous segment's latents, which a new process does not have: resume whole jobs only
-    resumable = is_sink and cfg.seam != "continuation"
-    local = {j: finished_segments(job) for j, job in enumerate(jobs)} if resumable else {}
+    # joint resumes from the first unfinished segment of a job, with the per-step tails its predecessor saved
+    joint = {j: joint_resume_state(job) for j, job in enumerate(jobs)} if is_sink and cfg.seam == "joint" else {}
+    local = {j: finished_segments(job) for j, job in enumerate(jobs)} if is_sink and cfg.seam == "crossfade" else {}
+    local.update({j: kept for j, (kept, _) in joint.items()})
     # the feature-cache identity of each video: read once here, not by every vision rank
     ident = {j: file_identity(job.video) for j, job in enumerate(jobs)} if is_sink and cfg.vision.cache != "off" else {}
     done, ident = transport.broadcast_object((local, ident), topo.sink, env.world_size)
     items = work_items(jobs, done, ident)
+    resumed_tails = {}
+    if cfg.seam == "joint":
+        link_neighbours([m.meta for m in items])
+        tails = transport.broadcast_object({j: t for j, (_, t) in joint.items() if t is not None}, topo.sink, env.world_size)
+        resumed_tails = continue_from(items, jobs, tails)
     rec = Recorder(env.rank, list(names), env.device)
     resumed = sum(len(v) for v in done.values())
     schedule = build_schedule(topo, len(items))[env.rank]
@@ -138,10 +159,20 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
     tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
-    sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.seam_metric, journal) if is_sink else None
+    links = step_channel(topo, env, cfg.hardware.timeout_s, cfg.seam == "joint" or bool(topo.groups[-1].partners))
+    if links is not None and "diffusion" in names:
+        stages[names.index("diffusion")].channel = links
+    group = topo.groups[-1]
+    for n, t in resumed_tails.items():
+        if "diffusion" in names and env.rank in (group.owner(n), group.partner(n)):
+            stages[names.index("diffusion")].channel.preload(n, torch.from_numpy(t).to(env.device))
+    sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.seam_metric, journal,
+                coherent=cfg.seam == "joint") if is_sink else None
     start = time.time()
     try:
         execute(schedule, stages, items, tr, rec, sink)
+        if links is not None:
+            links.flush()
         if tr is not None:
             end_of_stream(tr, *peers(topo, env.rank), rec)
         if sink is not None:
@@ -178,7 +209,7 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
             for i, j in enumerate(jobs)
         ],
         "settings": {"segment_seconds": cfg.segment_seconds, "overlap_seconds": cfg.overlap_seconds, "seam": cfg.seam,
-                     "steps": cfg.model.steps, "guidance_scale": cfg.model.guidance_scale, "decoder": cfg.decoder,
+                     "cfg_parallel": cfg.diffusion.cfg_parallel, "steps": cfg.model.steps, "guidance_scale": cfg.model.guidance_scale, "decoder": cfg.decoder,
                      "precision": cfg.hardware.precision},
         **summarize(ranks),
     }

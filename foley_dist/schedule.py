@@ -26,9 +26,13 @@ class Group:
 
     stages: tuple[str, ...]
     ranks: tuple[int, ...]
+    partners: tuple[int, ...] = ()  # CFG-parallel: partners[j] evaluates the other branch for ranks[j]
 
     def owner(self, item: int) -> int:
         return self.ranks[item % len(self.ranks)]
+
+    def partner(self, item: int) -> int | None:
+        return self.partners[item % len(self.ranks)] if self.partners else None
 
 
 @dataclass(frozen=True)
@@ -37,8 +41,11 @@ class Topology:
     world_size: int
 
     @classmethod
-    def parse(cls, layout: Sequence[str], world_size: int) -> "Topology":
-        """Validate `layout` against the pipeline's stage order and WORLD_SIZE."""
+    def parse(cls, layout: Sequence[str], world_size: int, cfg_parallel: bool = False) -> "Topology":
+        """Validate `layout` against the pipeline's stage order and WORLD_SIZE.
+
+        `cfg_parallel` pairs the diffusion ranks: of 2K, the first K evaluate the unconditional branch
+        for the last K (the segment owners, which receive, decode and send as without pairing)."""
         entries = expand_layout(layout)
         if len(entries) != world_size:
             raise FoleyError(
@@ -52,6 +59,15 @@ class Topology:
                 k += 1
             groups.append(Group(stages, tuple(range(rank, rank + k))))
             rank += k
+        if cfg_parallel:
+            last = groups[-1]
+            if last.stages != ("diffusion",) or len(last.ranks) % 2:
+                raise FoleyError(
+                    f"diffusion.cfg_parallel=true pairs diffusion ranks, so the layout's last entry must be "
+                    f"'diffusion x2K' on its own (got {list(layout)}), e.g. [vision+fusion,'diffusion x4']"
+                )
+            half = len(last.ranks) // 2
+            groups[-1] = Group(last.stages, last.ranks[half:], last.ranks[:half])
         return cls(tuple(groups), world_size)
 
     @property
@@ -59,10 +75,16 @@ class Topology:
         return self.world_size - 1
 
     def stages_of(self, rank: int) -> tuple[str, ...]:
-        return next(g.stages for g in self.groups if rank in g.ranks)
+        return next(g.stages for g in self.groups if rank in g.ranks + g.partners)
+
+    def branch_of(self, rank: int) -> int | None:
+        """CFG branch a paired diffusion rank evaluates: 1 (conditional) for owners, 0 for partners."""
+        last = self.groups[-1]
+        return None if not last.partners or rank not in last.ranks + last.partners else int(rank in last.ranks)
 
     def describe(self) -> str:
         return ", ".join(f"{'+'.join(g.stages)} on rank{'s' if len(g.ranks) > 1 else ''} {','.join(map(str, g.ranks))}"
+                         + (f" (CFG partners {','.join(map(str, g.partners))})" if g.partners else "")
                          for g in self.groups)
 
 
@@ -96,14 +118,15 @@ def _dedupe_consecutive(entries: list[tuple[str, ...]]) -> list[tuple[str, ...]]
 
 @dataclass(frozen=True)
 class Action:
-    """One step of a rank's program. kind: recv | compute | send | collect (sink takes a result)."""
+    """One step of a rank's program. kind: recv | compute | send | collect (sink takes a result) |
+    fork (send a copy, keep the item: owner -> CFG partner) | drop (forget the item: the partner's result)."""
 
     kind: str
     item: int
     peer: int | None = None
 
     def __str__(self) -> str:
-        sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+"}[self.kind]
+        sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+", "fork": "^", "drop": "x"}[self.kind]
         return f"{sym}{self.item}" + (f"@{self.peer}" if self.peer is not None else "")
 
 
@@ -126,6 +149,10 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
         for g, group in enumerate(topo.groups):
             me = group.owner(n)
             work = [Action("recv", n, topo.groups[g - 1].owner(n))] if g > 0 else []
+            partner = group.partner(n)
+            if partner is not None:  # CFG-parallel: the partner samples the other branch alongside
+                work.append(Action("fork", n, partner))
+                prog[partner] += [Action("recv", n, me), Action("compute", n), Action("drop", n)]
             work.append(Action("compute", n))
             if g < last:
                 work.append(Action("send", n, topo.groups[g + 1].owner(n)))
@@ -146,6 +173,10 @@ def peers(topo: Topology, rank: int) -> tuple[list[int], list[int]]:
     """(upstream ranks this rank receives from, downstream ranks it sends to) — for end-of-stream."""
     up, down = set(), set()
     for g, group in enumerate(topo.groups):
+        if rank in group.partners:
+            up.add(group.ranks[group.partners.index(rank)])
+        if rank in group.ranks and group.partners:
+            down.add(group.partners[group.ranks.index(rank)])
         if rank not in group.ranks:
             continue
         if g > 0:
@@ -159,8 +190,23 @@ def peers(topo: Topology, rank: int) -> tuple[list[int], list[int]]:
     return sorted(up), sorted(down)
 
 
+def step_links(topo: Topology, linked: Sequence[bool]) -> list[tuple[int, int, int]]:
+    """Per-step messages of joint sampling as data: (item, from rank, to rank) for every item n whose
+    predecessor it continues (`linked[n]`) and whose owner differs from the predecessor's; with CFG
+    pairs each branch talks to the same branch of the neighbour. Every step of n carries one."""
+    group, out = topo.groups[-1], []
+    for n in range(1, len(linked)):
+        if linked[n]:
+            pairs = [(group.owner(n - 1), group.owner(n))]
+            if group.partners:
+                pairs.append((group.partner(n - 1), group.partner(n)))
+            out += [(n, a, b) for a, b in pairs if a != b]
+    return out
+
+
 def format_grid(prog: dict[int, list[Action]]) -> str:
-    """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect."""
+    """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect,
+    `^3@1` fork to a CFG partner, `x3` drop."""
     width = max((len(str(a)) for acts in prog.values() for a in acts), default=2) + 1
     lines = []
     for rank, acts in sorted(prog.items()):

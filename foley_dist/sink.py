@@ -57,6 +57,18 @@ def finished_segments(job: Job) -> set[int]:
     return {int(p.stem[3:]) for p in d.glob("seg*.npy")} if d.is_dir() else set()
 
 
+def joint_resume_state(job: Job) -> tuple[set[int], np.ndarray | None]:
+    """seam=joint: the finished segments a re-run keeps — the prefix 0..p-1 — and the tails segment p-1
+    handed on at every step [steps + 1, 1, C, frames], which segment p needs to continue exactly."""
+    done, p = finished_segments(job), 0
+    while p in done:
+        p += 1
+    if p in (0, len(job.plan)):
+        return set(range(p)), None
+    path = parts_dir(job) / f"tails{p - 1:05d}.npy"
+    return (set(range(p)), np.load(path)) if path.is_file() else (set(), None)
+
+
 def seam_times(job: Job) -> list[float]:
     """Where one segment hands over to the next: the middle of each overlap."""
     segs = job.plan.segments
@@ -81,9 +93,10 @@ class Sink:
     """Stitches each job's segments in order and streams the result to its output file."""
 
     def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool,
-                 measure_seams: bool, journal: Path | None = None):
+                 measure_seams: bool, journal: Path | None = None, coherent: bool = False):
         self.jobs, self.sample_rate, self.done = jobs, sample_rate, done
         self.measure_seams = measure_seams
+        self.coherent = coherent  # seam=joint: overlaps are one signal, blended with a linear fade
         self.journal = journal  # finished jobs are appended here as they complete (batch resume)
         self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
         self._open: dict[int, JobState] = {}
@@ -105,6 +118,9 @@ class Sink:
         stats["frames_skipped"] += int(msg.meta.get("frames_skipped", 0))
         stats["sync_frames_saved"].append(float(msg.meta.get("sync_frames_saved", 0.0)))
         audio = msg.tensors["audio"].cpu().numpy()
+        if "tails" in msg.tensors:  # joint: saved before the audio, so every finished segment has its tails
+            save_array_atomic(parts_dir(job) / f"tails{seg:05d}.npy", msg.tensors["tails"].cpu().numpy())
+            (parts_dir(job) / f"tails{seg - 1:05d}.npy").unlink(missing_ok=True)  # only the newest is needed
         save_array_atomic(parts_dir(job) / f"seg{seg:05d}.npy", audio)
         self.done.setdefault(j, set()).add(seg)
         self._advance(j, {seg: audio})
@@ -139,7 +155,7 @@ class Sink:
         if state is None:
             if 0 not in have:
                 return
-            state = self._open[j] = JobState(Stitcher(job.plan, self.sample_rate), AudioWriter(job.output, self.sample_rate))
+            state = self._open[j] = JobState(Stitcher(job.plan, self.sample_rate, self.coherent), AudioWriter(job.output, self.sample_rate))
         while state.next_segment in have:
             wave = arrived.get(state.next_segment)
             if wave is None:

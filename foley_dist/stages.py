@@ -23,6 +23,7 @@ from foley_dist.cache import FeatureCache, cache_root, feature_key, file_identit
 from foley_dist.config import VisionConfig
 from foley_dist.errors import FoleyError
 from foley_dist.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
+from foley_dist.joint import LocalChannel, StepChannel, overlap_exchange, split_velocity, timeline_noise
 from foley_dist.message import Message
 from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
@@ -166,7 +167,7 @@ class FusionStage(nn.Module):
         return Message(msg.segment, cond, msg.meta)
 
 
-SEAM_MODES = ("crossfade", "continuation")
+SEAM_MODES = ("crossfade", "joint")
 
 
 def segment_noise(seed: int, segment: int, shape: tuple[int, ...]) -> torch.Tensor:
@@ -176,48 +177,85 @@ def segment_noise(seed: int, segment: int, shape: tuple[int, ...]) -> torch.Tens
 
 
 class DiffusionStage(nn.Module):
-    """Flow-matching sampling with classifier-free guidance, then the audio decoder."""
+    """Flow-matching sampling with classifier-free guidance, then the audio decoder.
+
+    `seam=joint` samples neighbouring segments of a job on one latent timeline (foley_dist.joint),
+    exchanging overlap latents every step through `channel`, which the runtime injects (a local one
+    by default). `cfg_split` evaluates the CFG branches one at a time; with a channel whose `branch`
+    is set (CFG-parallel) this rank evaluates only that branch and only branch 1's rank decodes audio.
+    """
 
     name = "diffusion"
+    relays_errors = True  # the engine calls forward for an item that failed upstream (see _relay)
 
     def __init__(self, spec: ModelSpec, dit: nn.Module, vae: nn.Module, steps: int, guidance_scale: float,
-                 device: torch.device, autocast_dtype: torch.dtype | None, seam: str = "crossfade"):
+                 device: torch.device, autocast_dtype: torch.dtype | None, seam: str = "crossfade",
+                 cfg_split: bool = False):
         super().__init__()
         if seam not in SEAM_MODES:
             raise FoleyError(f"seam={seam!r} is not one of {', '.join(SEAM_MODES)}")
         self.spec, self.dit, self.vae = spec, dit, vae
         self.steps, self.guidance_scale, self.device, self.autocast_dtype = steps, guidance_scale, device, autocast_dtype
-        self.seam = seam
-        # continuation: (job, segment index, segment end, final latents) of the last segment sampled
-        self._previous: tuple[int, int, float, torch.Tensor] | None = None
+        self.seam, self.cfg_split = seam, cfg_split
+        self.channel: StepChannel = LocalChannel()
 
-    def _prefix(self, meta: dict, seg: Segment) -> torch.Tensor | None:
-        """The previous segment's final latents over the overlap, if this segment continues it."""
-        if self.seam != "continuation" or self._previous is None:
-            return None
-        job, index, end, latents = self._previous
-        if job != meta["job"] or index != seg.index - 1:
-            return None
-        frames = round((end - seg.start) * self.spec.latent_rate)
-        return latents[..., latents.shape[-1] - frames:] if frames > 0 else None
+    def latent_span(self, start: float, end: float) -> tuple[int, int]:
+        """(offset on the job's latent timeline, length) of the segment [start, end) in latent frames."""
+        return round(start * self.spec.latent_rate), round((end - start) * self.spec.latent_rate)
 
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         seg = _segment(msg.meta)
-        frames = round(seg.seconds * self.spec.latent_rate)
-        noise = segment_noise(msg.meta["seed"], seg.index, (1, self.spec.dit.audio_vae_latent_dim, frames)).to(self.device)
+        span = self.latent_span(seg.start, seg.end)
+        channels = self.spec.dit.audio_vae_latent_dim
+        if self.seam == "joint":
+            noise = timeline_noise(msg.meta["seed"], span[0], span[1], channels).to(self.device)
+        else:
+            noise = segment_noise(msg.meta["seed"], seg.index, (1, channels, span[1])).to(self.device)
         cond = msg.tensors
         steps = msg.meta.get("model.steps", self.steps)  # per-item overrides from a batch manifest
         guidance_scale = msg.meta.get("model.guidance_scale", self.guidance_scale)
-        if guidance_scale <= 1:  # no guidance: only the conditional half of [uncond; cond] is used
+        use_cfg = guidance_scale > 1
+        if not use_cfg:  # no guidance: only the conditional half of [uncond; cond] is used
             cond = {k: v[1:] for k, v in cond.items()}
+        parallel = use_cfg and self.channel.branch is not None
 
-        def velocity(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        def velocity(x: torch.Tensor, t: torch.Tensor, branch: int | None = None) -> torch.Tensor:
+            c = cond if branch is None else {k: v[branch : branch + 1] for k, v in cond.items()}
             with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
-                return self.dit.velocity(x, t, cond).float()
+                return self.dit.velocity(x, t, c).float()
 
-        latents = sample(velocity, noise, steps, guidance_scale, prefix=self._prefix(msg.meta, seg))
-        if self.seam == "continuation":
-            self._previous = (msg.meta["job"], seg.index, seg.end, latents)
+        if "error" in msg.meta:
+            return self._relay(msg, span, noise, steps)
+        exchange, head, tails = None, 0, []
+        if self.seam == "joint":
+            prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
+            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span,
+                                                 self.latent_span(*prev) if prev else None,
+                                                 self.latent_span(*nxt) if nxt else None, tails)
+        self.channel.open(msg.segment, steps, (1, channels, head) if head else None,
+                          (1, channels, span[1]) if parallel else None)
+        if use_cfg and (self.cfg_split or parallel):
+            velocity = split_velocity(velocity, self.channel if parallel else None, msg.segment)
+        latents = sample(velocity, noise, steps, guidance_scale, exchange=exchange)
+        if parallel and self.channel.branch == 0:  # the partner's copy of the latents: branch 1's rank decodes
+            return Message(msg.segment, {}, msg.meta)
         audio = self.vae(latents.float())[0].reshape(-1)
-        return Message(msg.segment, {"audio": audio.float(), "latents": latents[0]}, msg.meta)
+        out = {"audio": audio.float(), "latents": latents[0]}
+        if tails:  # joint: what the next segment needs from this one, kept by the sink for resume
+            out["tails"] = torch.stack(tails)
+        return Message(msg.segment, out, msg.meta)
+
+    def _relay(self, msg: Message, span: tuple[int, int], noise: torch.Tensor, steps: int) -> Message:
+        """An item that failed upstream (its job has failed): under seam=joint, still take the previous
+        segment's tails and hand on this one's (its noise), so neighbours never wait for messages that
+        would not come; the next segments of the job finish as garbage the sink drops."""
+        if self.seam == "joint":
+            prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
+            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span,
+                                                 self.latent_span(*prev) if prev else None,
+                                                 self.latent_span(*nxt) if nxt else None)
+            self.channel.open(msg.segment, steps, (1, noise.shape[1], head) if head else None, None)
+            for step in range(steps + 1):
+                exchange(step, noise)
+        return msg

@@ -6,6 +6,9 @@ and fading over the whole shared span keeps the transition as slow as the plan a
 (fade_out^2 + fade_in^2 == 1) is right for generated audio, where two segments' renderings of the
 same moment are not sample-coherent: their powers add, so total loudness stays constant across the
 seam. (For identical, coherent signals the gain is fade_out + fade_in, between 1 and sqrt(2).)
+Joint sampling (`seam=joint`) makes neighbouring segments' overlap latents one signal, so their audio
+is coherent there: `coherent=True` blends it with a linear fade (fade_out + fade_in == 1), which keeps
+a shared signal at unit gain and moves each segment's decoder edge out of the output.
 
 The `Stitcher` streams: it keeps only the not-yet-final overlap tail (at most one segment), so the
 sink's memory does not grow with the video's length.
@@ -27,6 +30,12 @@ def equal_power_fade(n: int) -> tuple[np.ndarray, np.ndarray]:
     """
     phase = (np.arange(n, dtype=np.float64) + 0.5) / n * (np.pi / 2)
     return np.cos(phase).astype(np.float32), np.sin(phase).astype(np.float32)
+
+
+def linear_fade(n: int) -> tuple[np.ndarray, np.ndarray]:
+    """(fade_out, fade_in) of length n, float32, summing to 1 (at sample centres, like equal_power_fade)."""
+    fade_in = ((np.arange(n, dtype=np.float64) + 0.5) / n).astype(np.float32)
+    return (1 - fade_in).astype(np.float32), fade_in
 
 
 def _as_wave(wave: np.ndarray | torch.Tensor) -> np.ndarray:
@@ -52,8 +61,9 @@ def _fit(buf: np.ndarray, n: int) -> np.ndarray:
 class Stitcher:
     """Streaming overlap-add: feed segments in index order, get back the samples that became final."""
 
-    def __init__(self, plan: SegmentPlan, sample_rate: int):
+    def __init__(self, plan: SegmentPlan, sample_rate: int, coherent: bool = False):
         self.plan = plan
+        self.fade = linear_fade if coherent else equal_power_fade
         self.sample_rate = sample_rate
         self.total = plan.total_samples(sample_rate)
         self._ranges = [s.sample_range(sample_rate) for s in plan.segments]
@@ -90,7 +100,7 @@ class Stitcher:
         # _pos == first here (the previous add emitted up to this segment's start), so the tail is
         # exactly the overlap [first, end of previous segment), never longer than this segment.
         n = len(self._tail)
-        fade_out, fade_in = equal_power_fade(n)
+        fade_out, fade_in = self.fade(n)
         mixed = self._tail[:n] * fade_out + wave[:n] * fade_in
         buf = np.concatenate([mixed, wave[n:]])
 

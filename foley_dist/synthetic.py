@@ -18,18 +18,23 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 import torch.distributed as dist
 from torch import nn
 
 from foley_dist import transport
+from foley_dist.joint import LocalChannel, StepChannel, link_neighbours, overlap_exchange, split_velocity, timeline_noise
 from foley_dist.message import Message
 from foley_dist.metrics import RankStats, Recorder
-from foley_dist.pipeline import end_of_stream, execute
+from foley_dist.models.flow import sample
+from foley_dist.pipeline import end_of_stream, execute, step_channel
 from foley_dist.schedule import Action, Topology, build_schedule, peers
 
 SAMPLE_RATE = 48_000
 SEGMENT_SECONDS = 5.0
+LATENT_RATE, LATENT_DIM = 50, 128  # DAC-VAE latents: 128 channels at 50 frames per second
+GUIDANCE = 4.5
 
 # Tensors each stage emits for one 5 s segment: SigLIP2 at 8 fps and Synchformer features (768-d),
 # the DiT's [uncond; cond] projections (hidden 1536), 48 kHz mono audio.
@@ -64,17 +69,63 @@ class SyntheticStage(nn.Module):
         return Message(msg.segment, out, msg.meta)
 
 
+class SyntheticSampler(nn.Module):
+    """Diffusion at a fixed cost per sampling step that runs the real sampler loop on real-size latents
+    ([1, 128, 50 per second]), so joint overlaps and CFG-parallel velocities cross ranks exactly as in a
+    real run. Each CFG branch costs `step_seconds / 2` (the two branches of a step cost the same); the
+    velocity is -x, so the latents stay finite and depend on every exchanged value."""
+
+    name = "diffusion"
+
+    def __init__(self, steps: int, step_seconds: float, seam: str, cfg_split: bool, device: torch.device):
+        super().__init__()
+        self.steps, self.branch_seconds, self.seam, self.cfg_split, self.device = steps, step_seconds / 2, seam, cfg_split, device
+        self.channel: StepChannel = LocalChannel()
+
+    def _branch(self, x: torch.Tensor, t: torch.Tensor, branch: int | None = None) -> torch.Tensor:
+        deadline = time.perf_counter() + self.branch_seconds * (2 if branch is None else 1)
+        v = -x
+        time.sleep(max(0.0, deadline - time.perf_counter()))
+        return v
+
+    def forward(self, msg: Message) -> Message:
+        value = _value(msg) + 1
+        span = (round(msg.meta["start"] * LATENT_RATE), round((msg.meta["end"] - msg.meta["start"]) * LATENT_RATE))
+        noise = timeline_noise(msg.meta["seed"], *span, LATENT_DIM).to(self.device)
+        exchange, head = None, 0
+        if self.seam == "joint":
+            latent = lambda se: (round(se[0] * LATENT_RATE), round((se[1] - se[0]) * LATENT_RATE)) if se else None
+            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span, latent(msg.meta.get("joint_prev")),
+                                                 latent(msg.meta.get("joint_next")))
+        parallel = self.channel.branch is not None
+        self.channel.open(msg.segment, self.steps, (1, LATENT_DIM, head) if head else None,
+                          (1, LATENT_DIM, span[1]) if parallel else None)
+        velocity = self._branch
+        if self.cfg_split or parallel:
+            velocity = split_velocity(self._branch, self.channel if parallel else None, msg.segment)
+        latents = sample(velocity, noise, self.steps, GUIDANCE, exchange=exchange)
+        if parallel and self.channel.branch == 0:
+            return Message(msg.segment, {}, msg.meta)
+        audio = torch.full(OUTPUTS["diffusion"]["audio"], value, dtype=torch.float32, device=self.device)
+        return Message(msg.segment, {"audio": audio, "latents": latents[0]}, msg.meta)
+
+
 def build_stages(names: tuple[str, ...], costs: dict[str, float], device: torch.device = torch.device("cpu"),
-                 scale: float = 1.0) -> list[SyntheticStage]:
-    """Stages for one rank; `scale` > 1 makes this rank slower (e.g. one slow replica)."""
-    return [SyntheticStage(n, costs[n] * scale, device) for n in names]
+                 scale: float = 1.0, steps: int = 0, seam: str = "crossfade", cfg_split: bool = False) -> list[nn.Module]:
+    """Stages for one rank; `scale` > 1 makes this rank slower (e.g. one slow replica). With `steps`,
+    diffusion is a SyntheticSampler and costs["diffusion"] is its cost per step (both CFG branches)."""
+    return [SyntheticSampler(steps, costs[n] * scale, seam, cfg_split, device) if n == "diffusion" and steps
+            else SyntheticStage(n, costs[n] * scale, device) for n in names]
 
 
-def work_items(num_items: int) -> list[Message]:
+def work_items(num_items: int, joint: bool = False) -> list[Message]:
     """Work items shaped like runtime.work_items for one job: no tensors, segment metadata."""
     step = SEGMENT_SECONDS - 1.0  # 1 s overlap, as the default SegmentPlan
-    return [Message(i, {}, {"job": 0, "video": "synthetic", "prompt": "", "seed": 0, "segment": i,
-                            "start": i * step, "end": i * step + SEGMENT_SECONDS}) for i in range(num_items)]
+    items = [Message(i, {}, {"job": 0, "video": "synthetic", "prompt": "", "seed": 0, "segment": i,
+                             "start": i * step, "end": i * step + SEGMENT_SECONDS}) for i in range(num_items)]
+    if joint:
+        link_neighbours([m.meta for m in items])
+    return items
 
 
 def expected_audio_value(segment: int, num_stages: int = len(OUTPUTS)) -> float:
@@ -86,8 +137,11 @@ class RecordingSink:
     """Sink that keeps, per collected message: its segment, audio value, whether the audio is intact."""
 
     received: list[tuple[int, float, bool]] = field(default_factory=list)
+    latents: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def collect(self, msg: Message) -> None:
+        if "latents" in msg.tensors:
+            self.latents[msg.segment] = msg.tensors["latents"].clone()
         audio = msg.tensors["audio"]
         first = float(audio[0])
         intact = audio.shape == OUTPUTS["diffusion"]["audio"] and bool((audio == first).all())
@@ -103,30 +157,40 @@ class RankResult:
     end_unix: float
     stats: RankStats
     received: list[tuple[int, float, bool]] | None = None
+    latents: dict[int, np.ndarray] | None = None  # sink: final latents per item (synthetic samplers)
 
 
 def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: dict[int, float] | None = None,
-             max_inflight: int = 2, timeout_s: float = 60.0, schedule: dict[int, list[Action]] | None = None) -> RankResult:
+             max_inflight: int = 2, timeout_s: float = 60.0, schedule: dict[int, list[Action]] | None = None,
+             steps: int = 0, seam: str = "crossfade", cfg_parallel: bool = False) -> RankResult:
     """Run the synthetic pipeline on this rank (env from torchrun or tests.distributed.ranks).
 
     Uses pipeline.execute and Transport with the production schedule (or `schedule`, to try another
-    order); only the stages are synthetic. The clock starts after a barrier, so process start-up and
-    rendezvous are not measured.
+    order); only the stages are synthetic. With `steps`, diffusion samples step by step (see
+    SyntheticSampler); `seam=joint` and `cfg_parallel` exchange per-step messages through the real
+    StepLinks. The clock starts after a barrier, so process start-up and rendezvous are not measured.
     """
     env = transport.detect_env("cpu")
-    topo = Topology.parse(layout, env.world_size)
+    topo = Topology.parse(layout, env.world_size, cfg_parallel and env.world_size > 1)
     transport.init(env, timeout_s)
     names = topo.stages_of(env.rank)
-    stages = build_stages(names, costs, env.device, (slow or {}).get(env.rank, 1.0))
+    stages = build_stages(names, costs, env.device, (slow or {}).get(env.rank, 1.0), steps, seam, cfg_parallel)
     tr = transport.Transport(env.device, timeout_s, max_inflight) if env.world_size > 1 else None
+    links = step_channel(topo, env, timeout_s, steps > 0 and (seam == "joint" or cfg_parallel))
+    if links is not None and "diffusion" in names:
+        stages[names.index("diffusion")].channel = links
     sink = RecordingSink() if env.rank == topo.sink else None
     if env.world_size > 1:
         dist.barrier()
     rec = Recorder(env.rank, list(names), env.device)
     start = time.time()
-    execute((schedule or build_schedule(topo, num_items))[env.rank], stages, work_items(num_items), tr, rec, sink)
+    items = work_items(num_items, joint=seam == "joint")
+    execute((schedule or build_schedule(topo, num_items))[env.rank], stages, items, tr, rec, sink)
+    if links is not None:
+        links.flush()
     if tr is not None:
         end_of_stream(tr, *peers(topo, env.rank), rec)
     end = time.time()
     transport.shutdown()
-    return RankResult(env.rank, start, end, rec.finish(), sink.received if sink else None)
+    return RankResult(env.rank, start, end, rec.finish(), sink.received if sink else None,
+                      {k: v.numpy() for k, v in sink.latents.items()} if sink else None)

@@ -207,18 +207,31 @@ class Transport:
             self._wait(w, dst, "send")
 
     def _wait(self, work, peer: int, what: str) -> None:
-        try:
-            ok = work.wait(self.timeout)
-        except RuntimeError as e:
-            if "timed out" in str(e).lower():
-                ok = False
-            else:
-                raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
-        if ok is False:
-            raise PeerTimeout(
-                f"rank {peer} delivered nothing for {self.timeout.total_seconds():g} s ({what}); it is dead or stuck "
-                "(raise hardware.timeout_s if a stage legitimately takes longer)"
-            )
+        wait_for(work, peer, what, self.timeout)
+
+
+def wait_for(work, peer: int, what: str, timeout: timedelta) -> None:
+    """Wait for a send or receive; a peer that fails or stays silent past `timeout` raises PeerTimeout."""
+    try:
+        ok = work.wait(timeout)
+    except RuntimeError as e:
+        if "timed out" in str(e).lower():
+            ok = False
+        else:
+            raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
+    if ok is False:
+        raise PeerTimeout(
+            f"rank {peer} delivered nothing for {timeout.total_seconds():g} s ({what}); it is dead or stuck "
+            "(raise hardware.timeout_s if a stage legitimately takes longer)"
+        )
+
+
+def _posting(post, peer: int, what: str):
+    """Post an isend/irecv; a connection the peer already closed is reported like a failed wait."""
+    try:
+        return post()
+    except RuntimeError as e:
+        raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
 
 
 def gather_objects(obj, dst: int, world_size: int) -> list | None:
@@ -237,3 +250,84 @@ def broadcast_object(obj, src: int, world_size: int):
     box = [obj]
     dist.broadcast_object_list(box, src=src)
     return box[0]
+
+
+def step_group():
+    """A process group for per-step messages, so they never queue behind stage frames between the same
+    two ranks (NCCL matches point-to-point messages per communicator in posting order). Collective:
+    every rank calls it, in the same order."""
+    return dist.new_group(list(range(dist.get_world_size())))
+
+
+class StepLinks:
+    """Per-step messages between diffusion ranks (joint overlaps, CFG-parallel velocities): sized by
+    what they carry, no header; receives posted when an item opens, sends never block the sampler.
+
+    Both ends derive every shape from the schedule and the segments, so a message is exactly its
+    fp32 values plus an (item, step) stamp the receiver checks. `owner(item)` is the rank sampling
+    `item` in this rank's branch; `partner` is the rank evaluating the other CFG branch, if any.
+    """
+
+    def __init__(self, rank: int, owner, partner: int | None, branch: int | None, device: torch.device,
+                 timeout_s: float, group=None):
+        self.rank, self.owner, self.partner, self.branch = rank, owner, partner, branch
+        self.device, self.timeout, self.group = device, timedelta(seconds=timeout_s), group
+        self._local: dict[tuple[str, int, int], torch.Tensor] = {}
+        self._posted: dict[tuple[str, int, int], tuple] = {}  # (kind, item, step) -> (irecv, buffer, src, shape)
+        self._sends: deque[tuple[object, torch.Tensor, int]] = deque()
+
+    def preload(self, item: int, tails: torch.Tensor) -> None:
+        self._local.update({("take", item, step): t.to(self.device) for step, t in enumerate(tails)})
+
+    def open(self, item: int, steps: int, head: tuple[int, ...] | None, swap: tuple[int, ...] | None) -> None:
+        resumed = ("take", item, 0) in self._local
+        if head is not None and self.owner(item - 1) != self.rank and not resumed:
+            for step in range(steps + 1):
+                self._post("take", item, step, head, self.owner(item - 1))
+        if swap is not None:
+            if self.partner is None:
+                raise RuntimeError("CFG-parallel velocity swap on a rank without a partner")
+            for step in range(steps):
+                self._post("swap", item, step, swap, self.partner)
+
+    def take(self, item: int, step: int) -> torch.Tensor:
+        if ("take", item, step) in self._local:  # from this rank's own previous item, or preloaded
+            return self._local.pop(("take", item, step))
+        return self._receive("take", item, step)
+
+    def give(self, item: int, step: int, tail: torch.Tensor) -> None:
+        if self.owner(item + 1) == self.rank:
+            self._local[("take", item + 1, step)] = tail.clone()
+        else:
+            self._send(tail, item + 1, step, self.owner(item + 1))
+
+    def swap(self, item: int, step: int, velocity: torch.Tensor) -> torch.Tensor:
+        self._send(velocity, item, step, self.partner)
+        return self._receive("swap", item, step)
+
+    def flush(self) -> None:
+        while self._sends:
+            work, _, peer = self._sends.popleft()
+            wait_for(work, peer, "per-step send", self.timeout)
+
+    def _post(self, kind: str, item: int, step: int, shape: tuple[int, ...], src: int) -> None:
+        buf = torch.empty(math.prod(shape) + 2, dtype=torch.float32, device=self.device)
+        work = _posting(lambda: dist.irecv(buf, src, group=self.group), src, f"step {step} of item {item} ({kind})")
+        self._posted[(kind, item, step)] = (work, buf, src, shape)
+
+    def _receive(self, kind: str, item: int, step: int) -> torch.Tensor:
+        work, buf, src, shape = self._posted.pop((kind, item, step))
+        wait_for(work, src, f"step {step} of item {item} ({kind})", self.timeout)
+        stamp = buf[-2:].tolist()
+        if stamp != [float(item), float(step)]:
+            raise RuntimeError(f"rank {src} sent step {stamp[1]:g} of item {stamp[0]:g}, expected step {step} of item "
+                               f"{item}: ranks are out of step")
+        return buf[:-2].view(shape)
+
+    def _send(self, tensor: torch.Tensor, item: int, step: int, dst: int) -> None:
+        stamp = torch.tensor([item, step], dtype=torch.float32, device=self.device)
+        buf = torch.cat([tensor.detach().to(self.device, torch.float32).reshape(-1), stamp])
+        work = _posting(lambda: dist.isend(buf, dst, group=self.group), dst, f"step {step} of item {item}")
+        self._sends.append((work, buf, dst))
+        while self._sends and self._sends[0][0].is_completed():  # keep only sends still in flight
+            self._sends.popleft()

@@ -15,6 +15,12 @@ Parts (--parts):
      and choose_layout's layout for 3 ranks from the 1-rank run's measured stage costs (torchrun, gloo).
   4  transport overhead: Transport.send/recv (header + packed payload) against raw dist.send/recv of the
      same bytes, median one-way time of ping-pongs.
+  5  one long video ("long_video" rows): a 97 s job (24 segments of 5 s, 1 s overlap), --lv-steps steps
+     at --lv-step-s per segment-step (both CFG branches; each branch costs half), vision+fusion on one
+     rank, diffusion on K = --lv-ranks ranks. seam=joint exchanges the overlap latents every step, and
+     CFG-parallel the branch velocities, through the real StepLinks; crossfade samples segments
+     independently. ideal_s = the same mode's single-rank (K = 1) time / K. Also the one-way time of
+     a per-step message (StepLinks ping-pong) against the step cost.
 
 The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
 """
@@ -339,6 +345,86 @@ def part_transport(args) -> list[dict]:
     return rows
 
 
+# --- part 5: one long video ---------------------------------------------------------------------
+
+def _long_video_rank(layout, costs, m, steps, seam, cfg):
+    return synthetic.run_rank(layout, costs, m, None, 2, 120.0, None, steps, seam, cfg)
+
+
+def run_long_video(k: int, seam: str, cfg: bool, costs: dict[str, float], m: int, steps: int) -> dict:
+    ranks = 2 * k if cfg else k
+    layout = ["vision+fusion", f"diffusion x{ranks}"]
+    res = launch(_long_video_rank, ranks + 1, layout, costs, m, steps, seam, cfg)
+    received = res[-1].received
+    if received != [(n, synthetic.expected_audio_value(n), True) for n in range(m)]:
+        raise RuntimeError(f"{layout}: sink received wrong items: {received}")
+    measured = max(r.end_unix for r in res) - min(r.start_unix for r in res)
+    return {"part": "long_video", "seam": seam, "diffusion_ranks": ranks, "segment_owners": k, "cfg_parallel": cfg,
+            "segments": m, "steps": steps, "step_s": costs["diffusion"], "measured_s": measured}
+
+
+def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
+    """Median one-way seconds of StepLinks messages: take/give between neighbours, swap between partners."""
+    env = transport.detect_env("cpu")
+    transport.init(env, 60)
+    group = transport.step_group()
+    rows = []
+    for shape in shapes:
+        nb = transport.StepLinks(env.rank, lambda n: n % 2, None, None, env.device, 60, group)
+        item = 2 if env.rank == 0 else 1  # rank 0 owns items 0 and 2, rank 1 item 1: a ping-pong along the chain
+        nb.open(item, reps - 1, shape, None)  # posts steps 0..reps-1
+        x, times = torch.zeros(shape), []
+        for i in range(reps):
+            dist.barrier()
+            t = time.perf_counter()
+            if env.rank == 0:
+                nb.give(0, i, x)
+                nb.take(2, i)
+            else:
+                nb.give(1, i, nb.take(1, i))
+            times.append((time.perf_counter() - t) / 2)
+        nb.flush()
+        pair = transport.StepLinks(env.rank, lambda n: 0, 1 - env.rank, env.rank, env.device, 60, group)
+        pair.open(0, reps, None, shape)
+        swaps = []
+        for i in range(reps):
+            dist.barrier()
+            t = time.perf_counter()
+            pair.swap(0, i, x)
+            swaps.append(time.perf_counter() - t)
+        pair.flush()
+        rows.append({"shape": list(shape), "bytes": 4 * (torch.Size(shape).numel() + 2), "reps": reps,
+                     "one_way_s": statistics.median(times[2:]), "swap_s": statistics.median(swaps[2:])})
+    transport.shutdown()
+    return rows
+
+
+def part_long_video(args) -> tuple[list[dict], list[dict]]:
+    costs = {"vision": args.lv_vision_s, "fusion": args.lv_fusion_s, "diffusion": args.lv_step_s}
+    rows: list[dict] = []
+    print(f"\n{'seam':<10} {'diff ranks':>10} {'cfg':>5} {'measured':>9} {'ideal':>7} {'eff':>5} {'speedup':>8}")
+    for seam in args.lv_seams:
+        base = None
+        for k, cfg in [(k, False) for k in args.lv_ranks] + ([(1, True)] if seam == "joint" else []):
+            row = run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
+            if base is None:
+                base = row["measured_s"]
+            row["ideal_s"] = base / row["diffusion_ranks"]
+            row["speedup"] = base / row["measured_s"]
+            row["efficiency"] = row["ideal_s"] / row["measured_s"]
+            rows.append(row)
+            print(f"{seam:<10} {row['diffusion_ranks']:>10} {str(cfg):>5} {row['measured_s']:>8.2f}s {row['ideal_s']:>6.2f}s "
+                  f"{row['efficiency']:>5.2f} {row['speedup']:>7.2f}x", flush=True)
+    overlap, latents = (1, 128, 50), (1, 128, 250)  # 1 s overlap; a whole 5 s segment (CFG velocity)
+    msgs = launch(_step_pingpong, 2, 30, [overlap, latents])[0]
+    for r in msgs:
+        r["fraction_of_step"] = r["one_way_s"] / args.lv_step_s
+        r["swap_fraction_of_branch"] = r["swap_s"] / (args.lv_step_s / 2)
+        print(f"step message {r['shape']}: one-way {r['one_way_s'] * 1e3:.3f} ms ({100 * r['fraction_of_step']:.1f} % of a "
+              f"step), swap {r['swap_s'] * 1e3:.3f} ms ({100 * r['swap_fraction_of_branch']:.1f} % of a branch)")
+    return rows, msgs
+
+
 # --- output ---------------------------------------------------------------------------------------
 
 HEADER = (f"{'part':>4} {'runner':<17} {'ranks':>5} {'layout':<42} {'measured':>9} {'ideal':>7} "
@@ -366,6 +452,13 @@ def main() -> None:
     p.add_argument("--steps", type=int, default=8, help="part 3 sampling steps")
     p.add_argument("--sizes", default="4096,262144,1048576,2949120,16777216", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--reps", type=int, default=30, help="part 4 round trips per size")
+    p.add_argument("--lv-segments", type=int, default=24, help="part 5: 97 s = 24 segments of 5 s with 1 s overlap")
+    p.add_argument("--lv-steps", type=int, default=50)
+    p.add_argument("--lv-step-s", type=float, default=0.012, help="part 5: seconds per segment-step (both branches)")
+    p.add_argument("--lv-vision-s", type=float, default=0.01)
+    p.add_argument("--lv-fusion-s", type=float, default=0.002)
+    p.add_argument("--lv-ranks", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
+    p.add_argument("--lv-seams", default="joint,crossfade", type=lambda s: s.split(","))
     args = p.parse_args()
 
     result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},
@@ -385,6 +478,10 @@ def main() -> None:
         result["runs"] += [asdict(r) for r in part_model(args, workdir)]
     if 4 in args.parts:
         result["transport"] = part_transport(args)
+    if 5 in args.parts:
+        lv, msgs = part_long_video(args)
+        result["runs"] += lv
+        result["step_messages"] = msgs
     result["host"]["loadavg_end"] = os.getloadavg()
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(result, indent=1))

@@ -39,36 +39,29 @@ def guided(velocity: Tensor, guidance_scale: float) -> Tensor:
 
 
 def sample(velocity_fn: VelocityFn, noise: Tensor, steps: int, guidance_scale: float, shift: float = 1.0,
-           progress: Callable[[int, int], None] | None = None, prefix: Tensor | None = None) -> Tensor:
+           progress: Callable[[int, int], None] | None = None, exchange: Callable[[int, Tensor], Tensor] | None = None) -> Tensor:
     """Integrate from `noise` [B, ...] to sigma 0; returns fp32 latents.
 
     With guidance_scale > 1, `velocity_fn(x, t)` gets the batch [x; x] (2B: unconditional first, as
     its conditioning must be ordered) and t [2B]; otherwise one branch: x [B], t [B].
     `progress(done, steps)` is called after every step.
 
-    `prefix` [B, C, K] (continuation): clean latents the first K frames must end as. At every sigma the
-    prefix frames are replaced by the prefix re-noised with this segment's own noise,
-    (1 - sigma) * prefix + sigma * noise, so the rest of the segment is sampled consistent with them
-    (inpainting) and, at sigma 0, the prefix frames equal `prefix` exactly.
+    `exchange(step, x) -> x` (joint sampling, foley_dist.joint): called with the state at sigmas[step]
+    before each velocity evaluation and once more at sigma 0 (step == steps); it may replace frames
+    shared with a neighbouring segment and hand its own on.
     """
     timesteps, sigmas = flow_schedule(steps, shift)
     timesteps, sigmas = timesteps.to(noise.device), sigmas.to(noise.device)
     use_cfg = guidance_scale > 1.0
-    x = _constrain(noise.float(), noise, prefix, sigmas[0])
+    x = noise.float()
     for i in range(steps):
+        if exchange is not None:
+            x = exchange(i, x)
         x_in = torch.cat([x, x]) if use_cfg else x
         v = velocity_fn(x_in, timesteps[i].repeat(x_in.shape[0]))
         v = guided(v, guidance_scale) if use_cfg else v.float()
-        x = _constrain(euler_step(x, v, sigmas[i], sigmas[i + 1]), noise, prefix, sigmas[i + 1])
+        x = euler_step(x, v, sigmas[i], sigmas[i + 1])
         if progress is not None:
             progress(i + 1, steps)
-    return x
+    return exchange(steps, x) if exchange is not None else x
 
-
-def _constrain(x: Tensor, noise: Tensor, prefix: Tensor | None, sigma: Tensor) -> Tensor:
-    if prefix is None:
-        return x
-    k = prefix.shape[-1]
-    x = x.clone()
-    x[..., :k] = (1 - sigma) * prefix.float() + sigma * noise[..., :k].float()
-    return x

@@ -165,7 +165,8 @@ def test_sigterm_keeps_finished_items_and_rerun_skips_them(media_dir, tmp_path):
 
 
 def test_two_node_rendezvous_on_loopback_matches_single_node(clip12, tmp_path):
-    """launch/multi_node.sh twice (two "nodes", c10d rendezvous on loopback), 2 ranks each, replicated layout."""
+    """launch/multi_node.sh twice (two "nodes", c10d rendezvous on loopback), 2 ranks each, replicated layout
+    (seam=joint by default: overlap latents cross between the nodes at every sampling step)."""
     single = tmp_path / "single.wav"
     assert run_cli(["generate", f"video={clip12}", f"output={single}", *FAST]).returncode == 0
     out = tmp_path / "two_nodes.wav"

@@ -57,6 +57,14 @@ def test_layouts_give_the_same_audio(serial, clip12, tmp_path, nproc, layout):
     assert report["predicted_makespan_s"] > 0  # the scheduling model fed with this run's stage costs
 
 
+def test_crossfade_replicas_give_the_same_audio(serial, clip12, tmp_path):
+    one, _, _ = _generate(clip12, tmp_path / "one.wav", extra=["seam=crossfade"])
+    audio, _, report = _generate(clip12, tmp_path / "out.wav", nproc=4, extra=["seam=crossfade", "layout=replicated"])
+    assert report["settings"]["seam"] == "crossfade"
+    assert np.array_equal(audio, one)
+    assert not np.array_equal(audio, serial[0])  # the default, seam=joint, samples the segments together
+
+
 def test_seed_changes_audio(serial, clip12, tmp_path):
     audio, _, _ = _generate(clip12, tmp_path / "other.wav", extra=["seed=12"])  # the others use the default seed 0
     assert not np.array_equal(audio, serial[0])
@@ -80,18 +88,3 @@ def test_4k_clip_streams_with_bounded_memory_per_rank(media_dir, tmp_path):
     assert len(peaks) == 3 and max(peaks) < 3 * 1024, peaks  # GiB bound from the issue; measured ~0.6 GiB
     # one full 4K RGB frame is 24 MiB; 12 s at 24 fps held in memory would be 7 GiB on the vision rank
 
-
-def test_continuation_is_layout_independent(clip12, tmp_path):
-    extra = ["seam=continuation"]
-    serial_audio, _, report = _generate(clip12, tmp_path / "serial.wav", extra=extra)
-    parallel_audio, _, _ = _generate(clip12, tmp_path / "pp.wav", nproc=3, extra=extra)
-    assert np.array_equal(serial_audio, parallel_audio)
-    seams = report["jobs"][0]["seams"]
-    assert [b["time_s"] for b in seams["boundaries"]] == [4.5, 8.0]
-    assert report["settings"]["seam"] == "continuation"
-
-
-def test_continuation_rejects_diffusion_replicas(clip12, tmp_path):
-    r = run_cli(["generate", f"video={clip12}", f"output={tmp_path / 'x.wav'}", "seam=continuation", "layout=replicated",
-                 *FAST], nproc=4, timeout=120)
-    assert r.returncode != 0 and "seam=continuation" in r.stderr
