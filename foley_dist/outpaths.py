@@ -2,7 +2,7 @@
 
 Every file foley-dist writes carries a mark (`MARK`): the software tag of WAV/FLAC files, the comment
 tag of a muxed video, a `generator` key in JSON reports and traces; a parts folder holds only segment
-files. An existing output with the mark is the result of an earlier run of this tool and may be
+files (and, for seam=joint, the newest segment's per-step tails). An existing output with the mark is the result of an earlier run of this tool and may be
 replaced (re-running a job); anything else at an output path is someone's file and the run is refused
 before any work. So are outputs that resolve to an input (the video or the manifest, through any
 symlink or hard link), two outputs that resolve to one file, an unsupported extension, a folder that
@@ -52,7 +52,8 @@ def _ours(out: Output) -> bool:
     p = out.path
     try:
         if out.kind == "parts":
-            return p.is_dir() and all(e.name.startswith("seg") or e.name.endswith(".tmp") for e in os.scandir(p))
+            return p.is_dir() and all(e.name.startswith(("seg", "tails")) or e.name.endswith(".tmp")
+                                    for e in os.scandir(p))
         if not p.is_file():
             return False
         if out.kind == "audio":

@@ -51,6 +51,7 @@ def test_parts_folder_must_hold_only_segments(tmp_path: Path):
     parts = tmp_path / ".o.wav.parts-abc"
     parts.mkdir()
     (parts / "seg00000.npy").write_bytes(b"x")
+    (parts / "tails00000.npy").write_bytes(b"x")  # seam=joint's resume state
     check_outputs([Output("parts", parts, "output (its resume folder)")], [])
     (parts / "thesis.docx").write_bytes(b"x")
     with pytest.raises(FoleyError, match="not written by foley-dist"):
