@@ -27,6 +27,7 @@ class ModelConfig:
 
     name: str = "tiny"
     path: Optional[str] = None
+    config: Optional[str] = None  # DiT architecture: a release config yaml (default: the built-in copy for `name`)
     init_seed: int = 0
     steps: int = 50
     guidance_scale: float = 4.5
@@ -62,6 +63,7 @@ class VisionConfig:
     tile_size: int = 224  # tile side in source pixels
     overlap_ratio: float = 0.2  # fraction of a tile shared with its neighbour
     tile_batch: int = 16  # tiles encoded at once: bounds activation memory
+    preprocess: str = "release"  # release (the release's frame choice and transforms) | fast (scale while decoding)
     frame_sampling: str = "fixed"  # fixed | adaptive (lower sync rate on static shots)
     min_sync_fps: float = 15.0  # adaptive sampling never decodes fewer sync frames per second
     cache: str = "auto"  # feature cache folder; auto = $XDG_CACHE_HOME/foley_dist/features (~/.cache/...); "off"
@@ -104,6 +106,8 @@ class GenerateConfig(RunConfig):
     prompt: str = ""
     output: str = "out/foley.wav"
     mux_output: Optional[str] = None  # with mux=true; default OUTPUT_STEM.muxed.EXT (EXT: the input's container)
+    noise: Optional[str] = None  # DIR: segment i's initial latents from DIR/seg{i:03d}.safetensors (key "noise")
+    dump: Optional[str] = None  # DIR: write DIR/seg{i:03d}.safetensors with every intermediate tensor
 
 
 @dataclass

@@ -183,6 +183,17 @@ def save_array_atomic(path: str | os.PathLike, array: np.ndarray) -> None:
     _commit(tmp, path)
 
 
+def save_tensors_atomic(path: str | os.PathLike, tensors: dict) -> None:
+    """A .safetensors file (CPU, contiguous copies) that either exists whole or not at all."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = _temp_path(path)
+    save_file({k: v.detach().cpu().contiguous().clone() for k, v in tensors.items()}, str(tmp))
+    _commit(tmp, path)
+
+
 def write_jsonl_atomic(path: str | os.PathLike, rows: list[dict]) -> None:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)

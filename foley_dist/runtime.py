@@ -74,18 +74,28 @@ def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
     return dtypes[precision]
 
 
+def sync_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
+    """The release runs Synchformer under fp16 autocast on GPU; fp32 on CPU and with precision=fp32."""
+    return torch.float16 if device.type == "cuda" and precision != "fp32" else None
+
+
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
                  parts: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
     """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
+    dit_dtype = autocast_dtype(cfg.hardware.precision, device)
     missing = tuple(p for p in stage_parts(names) if p not in parts)
-    parts.update(build_parts(spec, missing, cfg.model, device))
+    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32))
+    dump, noise = getattr(cfg, "dump", None) is not None, getattr(cfg, "noise", None)
+    model_id = f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"
+    if cfg.model.config:
+        model_id += f":{Path(cfg.model.config).resolve()}"
     make = {
-        "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision,
-                                      model_id=f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"),
-        "fusion": lambda: FusionStage(spec, parts["text"], parts.get("dit_condition", parts.get("dit")), cfg.model.negative_prompt),
+        "vision": lambda: VisionStage(spec, parts["visual"], parts["sync"], cfg.decoder, device, cfg.vision, model_id,
+                                      sync_autocast_dtype(cfg.hardware.precision, device), dump),
+        "fusion": lambda: FusionStage(spec, parts["text"], parts.get("dit_condition", parts.get("dit")),
+                                      cfg.model.negative_prompt, dit_dtype, dump),
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
-                                            device, autocast_dtype(cfg.hardware.precision, device), cfg.seam,
-                                            cfg.diffusion.cfg_parallel),
+                                            device, dit_dtype, cfg.seam, cfg.diffusion.cfg_parallel, noise, dump),
     }
     return [make[n]() for n in names]
 
@@ -116,7 +126,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
 
     `parts_cache` keeps the built model parts between calls (FoleyPipeline passes its own)."""
     env = transport.detect_env(cfg.hardware.device)
-    spec = ModelSpec.named(cfg.model.name)
+    spec = ModelSpec.for_config(cfg.model)
     if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
         layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
@@ -167,7 +177,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
         if "diffusion" in names and env.rank in (group.owner(n), group.partner(n)):
             stages[names.index("diffusion")].channel.preload(n, torch.from_numpy(t).to(env.device))
     sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.seam_metric, journal,
-                coherent=cfg.seam == "joint") if is_sink else None
+                coherent=cfg.seam == "joint", dump=getattr(cfg, "dump", None)) if is_sink else None
     start = time.time()
     try:
         execute(schedule, stages, items, tr, rec, sink)

@@ -22,7 +22,7 @@ from tqdm import tqdm
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.message import Message
-from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic
+from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic, save_tensors_atomic
 from foley_dist.outpaths import parts_path
 from foley_dist.seam import seam_report
 from foley_dist.stitch import Stitcher
@@ -93,11 +93,12 @@ class Sink:
     """Stitches each job's segments in order and streams the result to its output file."""
 
     def __init__(self, jobs: list[Job], sample_rate: int, done: dict[int, set[int]], progress: bool,
-                 measure_seams: bool, journal: Path | None = None, coherent: bool = False):
+                 measure_seams: bool, journal: Path | None = None, coherent: bool = False, dump: str | None = None):
         self.jobs, self.sample_rate, self.done = jobs, sample_rate, done
         self.measure_seams = measure_seams
         self.coherent = coherent  # seam=joint: overlaps are one signal, blended with a linear fade
         self.journal = journal  # finished jobs are appended here as they complete (batch resume)
+        self.dump = dump  # generate's dump=DIR: each segment's intermediate tensors (stages forward them as dump.*)
         self.status: dict[int, dict] = {}  # job index -> {"status": "done" | "failed", ...}
         self._open: dict[int, JobState] = {}
         self._vision: dict[int, dict] = {}  # per job: feature-cache hits and adaptive-sampling savings
@@ -117,6 +118,9 @@ class Sink:
         stats["cached_segments"] += int(bool(msg.meta.get("cached")))
         stats["frames_skipped"] += int(msg.meta.get("frames_skipped", 0))
         stats["sync_frames_saved"].append(float(msg.meta.get("sync_frames_saved", 0.0)))
+        if self.dump is not None:
+            save_tensors_atomic(Path(self.dump) / f"seg{seg:03d}.safetensors",
+                                {k.removeprefix("dump."): v for k, v in msg.tensors.items() if k.startswith("dump.")})
         audio = msg.tensors["audio"].cpu().numpy()
         if "tails" in msg.tensors:  # joint: saved before the audio, so every finished segment has its tails
             save_array_atomic(parts_dir(job) / f"tails{seg:05d}.npy", msg.tensors["tails"].cpu().numpy())

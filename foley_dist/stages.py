@@ -4,14 +4,19 @@ They know nothing about ranks or torch.distributed: the runtime feeds them messa
 came from a peer or from the stage before in the same process. Tensors crossing each boundary:
 
 - work item -> vision: no tensors; meta {video, start, end, segment, seed, prompt}
-- vision -> fusion: `clip_feat` [1, Tv, Dv] (visual fps), `sync_feat` [1, Ts, Ds]
+- vision -> fusion: `clip_feat` [1, Tv, Dv] (visual fps), `sync_feat` [1, Ts, Ds], `siglip_times` /
+  `sync_times` (float64 source times of the frames used); meta `latent_frames` (the audio length)
 - fusion -> diffusion: the DiT's conditioning for [uncond; cond] (batch 2), see HunyuanDiT.condition
 - diffusion -> sink: `audio` [samples] float32 mono at the model's sample rate
+
+With `dump`, every stage also forwards its inputs and adds its outputs under `dump.` keys, and the
+sink writes them per segment (the reproduction interface, README "Reproducing the release").
 """
 
 from __future__ import annotations
 
 from dataclasses import asdict
+from pathlib import Path
 from typing import Iterator
 
 import numpy as np
@@ -26,10 +31,24 @@ from foley_dist.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan
 from foley_dist.joint import LocalChannel, StepChannel, overlap_exchange, split_velocity, timeline_noise
 from foley_dist.message import Message
 from foley_dist.models.flow import sample
+from foley_dist.models.checkpoint import load_state_dict
 from foley_dist.models.foley import ModelSpec
+from foley_dist.preprocess import siglip_frame, sync_frame
 from foley_dist.segments import Segment
 from foley_dist.tiling import MAX_TILES, encode_tiled, plan_grid
-from foley_dist.video import decode_segment, iter_frames, probe, sample_times
+from foley_dist.video import decode_segment, iter_frames, probe, release_picks, sample_times
+
+PREPROCESS_MODES = ("release", "fast")
+DUMP = "dump."  # prefix of tensors that only travel to be written by the sink (dump=DIR)
+
+
+def dumped(msg: Message) -> dict[str, torch.Tensor]:
+    return {k: v for k, v in msg.tensors.items() if k.startswith(DUMP)}
+
+
+def latent_frames(sync_frames: int, sync_fps: float, latent_rate: int) -> int:
+    """The release's latent length: int(audio_len_in_s * 50), audio_len_in_s = sync frames picked / 25."""
+    return int(sync_frames / sync_fps * latent_rate)
 
 
 def _segment(meta: dict) -> Segment:
@@ -50,15 +69,15 @@ class VisionStage(nn.Module):
     name = "vision"
 
     def __init__(self, spec: ModelSpec, visual: nn.Module, sync: nn.Module, decoder: str, device: torch.device,
-                 vision: VisionConfig, model_id: str):
+                 vision: VisionConfig, model_id: str, sync_autocast: torch.dtype | None = None, dump: bool = False):
         super().__init__()
         _check_vision(vision)
         self.spec, self.visual, self.sync, self.decoder, self.device = spec, visual, sync, decoder, device
-        self.vision = vision
+        self.vision, self.sync_autocast, self.dump = vision, sync_autocast, dump
         self.cache = None if vision.cache == "off" else FeatureCache(cache_root(vision.cache), int(vision.cache_max_gb * 2**30))
         self.cache_hits = self.cache_misses = 0
         self.settings = {  # everything besides the video and the segment bounds that the features depend on
-            "model": model_id, "visual": asdict(spec.visual), "sync": asdict(spec.sync), "visual_fps": spec.visual_fps,
+            "model": model_id, "preprocess": vision.preprocess, "visual": asdict(spec.visual), "sync": asdict(spec.sync), "visual_fps": spec.visual_fps,
             "sync_fps": spec.sync_fps, "decoder": decoder, "device": device.type,
             "tiling": {"tile_size": vision.tile_size, "overlap_ratio": vision.overlap_ratio,
                        "tile_batch": vision.tile_batch, "max_tiles": MAX_TILES} if vision.tiling else None,
@@ -75,9 +94,54 @@ class VisionStage(nn.Module):
         if hit is not None:
             self.cache_hits += 1
             tensors, meta = hit
-            return Message(msg.segment, {k: v.to(self.device) for k, v in tensors.items()},
-                           {**msg.meta, "cached": True, "sync_frames_saved": float(meta["sync_frames_saved"]),
-                            "frames_skipped": int(meta.get("frames_skipped", 0))})
+            tensors = {k: v.to(self.device) for k, v in tensors.items()}
+            return self._out(msg, tensors, {"cached": True, "sync_frames_saved": float(meta["sync_frames_saved"]),
+                                            "latent_frames": int(meta["latent_frames"]),
+                                            "frames_skipped": int(meta.get("frames_skipped", 0))})
+        if self.vision.preprocess == "release":
+            before = mediaguard.frames_skipped()
+            tensors, frames = self._release_features(video, seg)
+            meta = {"sync_frames_saved": 0.0, "latent_frames": frames,
+                    "frames_skipped": mediaguard.frames_skipped() - before}
+        else:
+            tensors, meta = self._fast_features(video, seg)
+        if self.cache:
+            self.cache_misses += 1
+            self.cache.put(key, tensors, {k: repr(v) for k, v in meta.items()})
+        return self._out(msg, tensors, {"cached": False, **meta})
+
+    def _out(self, msg: Message, tensors: dict[str, torch.Tensor], meta: dict) -> Message:
+        if self.dump:
+            tensors = {**tensors, **{DUMP + k: v for k, v in tensors.items()}}
+        return Message(msg.segment, tensors, {**msg.meta, **meta})
+
+    def _release_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], int]:
+        """The release's frames and transforms (module foley_dist.preprocess), one full-size frame at a
+        time; returns the features and the latent length the release derives from the sync frame count."""
+        visual_size, sync_size = self.spec.visual.image_size, self.spec.sync.image_size
+        visual, sync, visual_times, sync_times = [], [], [], []
+        for t, rgb, (n_visual, n_sync) in release_picks(video, seg.start, seg.end,
+                                                         (self.spec.visual_fps, self.spec.sync_fps)):
+            if n_visual:
+                visual += [siglip_frame(rgb, visual_size)] * n_visual
+                visual_times += [t] * n_visual
+            if n_sync:
+                sync += [sync_frame(rgb, sync_size)] * n_sync
+                sync_times += [t] * n_sync
+        if len(sync) < self.spec.sync.window:
+            raise FoleyError(f"{video}: segment [{seg.start}, {seg.end}) s has {len(sync)} frames at "
+                             f"{self.spec.sync_fps:g} fps, fewer than one {self.spec.sync.window}-frame Synchformer "
+                             "window; the video (or its last segment) is too short")
+        clip_feat = self.visual(torch.stack(visual).to(self.device))
+        with torch.autocast(self.device.type, self.sync_autocast or torch.float32, enabled=self.sync_autocast is not None):
+            sync_feat = self.sync(torch.stack(sync).to(self.device), pad_tail=False).float()
+        tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat,
+                   "siglip_times": torch.tensor(visual_times, dtype=torch.float64),
+                   "sync_times": torch.tensor(sync_times, dtype=torch.float64)}
+        return tensors, latent_frames(len(sync), self.spec.sync_fps, self.spec.latent_rate)
+
+    def _fast_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], dict]:
+        """Frames scaled while decoding, at k / fps from the segment start (vision.preprocess=fast)."""
         skipped = [mediaguard.frames_skipped()]
         clip_feat, thumbs = self._visual_features(video, seg)
         skipped.append(mediaguard.frames_skipped())
@@ -92,13 +156,13 @@ class VisionStage(nn.Module):
         skipped.append(mediaguard.frames_skipped())
         # both decode passes cover the segment: a damaged frame shows up in each, count it once
         frames_skipped = max(skipped[1] - skipped[0], skipped[2] - skipped[1])
-        sync_feat = self.sync(resample(frames, plan).to(self.device))
-        tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat}
-        if self.cache:
-            self.cache_misses += 1
-            self.cache.put(key, tensors, {"sync_frames_saved": repr(plan.saved), "frames_skipped": str(frames_skipped)})
-        return Message(msg.segment, tensors, {**msg.meta, "cached": False, "sync_frames_saved": plan.saved,
-                                              "frames_skipped": frames_skipped})
+        with torch.autocast(self.device.type, self.sync_autocast or torch.float32, enabled=self.sync_autocast is not None):
+            sync_feat = self.sync(resample(frames, plan).to(self.device)).float()
+        tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat,
+                   "siglip_times": torch.tensor(sample_times(seg, self.spec.visual_fps), dtype=torch.float64),
+                   "sync_times": torch.tensor(plan.times, dtype=torch.float64)}
+        return tensors, {"sync_frames_saved": plan.saved, "latent_frames": round(seg.seconds * self.spec.latent_rate),
+                         "frames_skipped": frames_skipped}
 
     def _visual_features(self, video: str, seg: Segment) -> tuple[torch.Tensor, torch.Tensor | None]:
         """clip_feat [1, T, D], plus motion thumbnails of the same frames when sampling is adaptive."""
@@ -124,6 +188,11 @@ class VisionStage(nn.Module):
 
 def _check_vision(v: VisionConfig) -> None:
     problems = []
+    if v.preprocess not in PREPROCESS_MODES:
+        problems.append(f"vision.preprocess={v.preprocess!r} must be 'release' or 'fast'")
+    elif v.preprocess == "release" and (v.tiling or v.frame_sampling != "fixed"):
+        problems.append("vision.tiling and vision.frame_sampling=adaptive work on frames scaled while decoding: "
+                        "add vision.preprocess=fast")
     if v.frame_sampling not in ("fixed", "adaptive"):
         problems.append(f"vision.frame_sampling={v.frame_sampling!r} must be 'fixed' or 'adaptive'")
     if not v.min_sync_fps > 0:
@@ -143,9 +212,11 @@ class FusionStage(nn.Module):
 
     name = "fusion"
 
-    def __init__(self, spec: ModelSpec, text: nn.Module, dit: nn.Module, negative_prompt: str):
+    def __init__(self, spec: ModelSpec, text: nn.Module, dit: nn.Module, negative_prompt: str,
+                 autocast_dtype: torch.dtype | None = None, dump: bool = False):
         super().__init__()
         self.spec, self.text, self.dit, self.negative_prompt = spec, text, dit, negative_prompt
+        self.autocast_dtype, self.dump = autocast_dtype, dump
         self._prompt_cache: dict[tuple[str, str], torch.Tensor] = {}
 
     def encode_prompt(self, prompt: str, negative: str) -> torch.Tensor:
@@ -159,11 +230,15 @@ class FusionStage(nn.Module):
         clip_feat, sync_feat = msg.tensors["clip_feat"], msg.tensors["sync_feat"]
         empty_clip, empty_sync = self.dit.empty_features(1, clip_feat.shape[1], sync_feat.shape[1])
         text = self.encode_prompt(msg.meta["prompt"], msg.meta.get("model.negative_prompt", self.negative_prompt))
-        cond = self.dit.condition(
-            text,
-            torch.cat([empty_clip.to(clip_feat), clip_feat]),
-            torch.cat([empty_sync.to(sync_feat), sync_feat]),
-        )
+        device = clip_feat.device
+        with torch.autocast(device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            cond = self.dit.condition(
+                text,
+                torch.cat([empty_clip.to(clip_feat), clip_feat]),
+                torch.cat([empty_sync.to(sync_feat), sync_feat]),
+            )
+        if self.dump:  # the release's text features: row 0 the negative prompt, row 1 the prompt
+            cond = {**cond, **dumped(msg), DUMP + "uncond_text_feat": text[:1], DUMP + "text_feat": text[1:]}
         return Message(msg.segment, cond, msg.meta)
 
 
@@ -190,13 +265,13 @@ class DiffusionStage(nn.Module):
 
     def __init__(self, spec: ModelSpec, dit: nn.Module, vae: nn.Module, steps: int, guidance_scale: float,
                  device: torch.device, autocast_dtype: torch.dtype | None, seam: str = "crossfade",
-                 cfg_split: bool = False):
+                 cfg_split: bool = False, noise_dir: str | None = None, dump: bool = False):
         super().__init__()
         if seam not in SEAM_MODES:
             raise FoleyError(f"seam={seam!r} is not one of {', '.join(SEAM_MODES)}")
         self.spec, self.dit, self.vae = spec, dit, vae
         self.steps, self.guidance_scale, self.device, self.autocast_dtype = steps, guidance_scale, device, autocast_dtype
-        self.seam, self.cfg_split = seam, cfg_split
+        self.seam, self.cfg_split, self.noise_dir, self.dump = seam, cfg_split, noise_dir, dump
         self.channel: StepChannel = LocalChannel()
 
     def latent_span(self, start: float, end: float) -> tuple[int, int]:
@@ -207,12 +282,16 @@ class DiffusionStage(nn.Module):
     def forward(self, msg: Message) -> Message:
         seg = _segment(msg.meta)
         span = self.latent_span(seg.start, seg.end)
+        if self.seam != "joint":  # the release's length (set by the vision stage); joint keeps the shared timeline's
+            span = (span[0], msg.meta.get("latent_frames", span[1]))
         channels = self.spec.dit.audio_vae_latent_dim
-        if self.seam == "joint":
+        if self.noise_dir:
+            noise = read_noise(self.noise_dir, seg.index, (1, channels, span[1])).to(self.device)
+        elif self.seam == "joint":
             noise = timeline_noise(msg.meta["seed"], span[0], span[1], channels).to(self.device)
         else:
             noise = segment_noise(msg.meta["seed"], seg.index, (1, channels, span[1])).to(self.device)
-        cond = msg.tensors
+        cond = {k: v for k, v in msg.tensors.items() if not k.startswith(DUMP)}
         steps = msg.meta.get("model.steps", self.steps)  # per-item overrides from a batch manifest
         guidance_scale = msg.meta.get("model.guidance_scale", self.guidance_scale)
         use_cfg = guidance_scale > 1
@@ -240,10 +319,15 @@ class DiffusionStage(nn.Module):
         latents = sample(velocity, noise, steps, guidance_scale, exchange=exchange)
         if parallel and self.channel.branch == 0:  # the partner's copy of the latents: branch 1's rank decodes
             return Message(msg.segment, {}, msg.meta)
-        audio = self.vae(latents.float())[0].reshape(-1)
-        out = {"audio": audio.float(), "latents": latents[0]}
+        # The release's trim, audio[:, :int(audio_len_in_s * 48000)], slices the channel axis and keeps
+        # all latent_frames * hop samples; so do we.
+        audio = self.vae(latents.float())[0].reshape(-1).float()
+        out = {"audio": audio, "latents": latents[0]}
         if tails:  # joint: what the next segment needs from this one, kept by the sink for resume
             out["tails"] = torch.stack(tails)
+        if self.dump:
+            out.update(dumped(msg))
+            out.update({DUMP + "noise": noise, DUMP + "latents": latents, DUMP + "audio": audio[None]})
         return Message(msg.segment, out, msg.meta)
 
     def _relay(self, msg: Message, span: tuple[int, int], noise: torch.Tensor, steps: int) -> Message:
@@ -259,3 +343,16 @@ class DiffusionStage(nn.Module):
             for step in range(steps + 1):
                 exchange(step, noise)
         return msg
+
+
+def read_noise(folder: str, segment: int, shape: tuple[int, ...]) -> torch.Tensor:
+    """Segment `segment`'s initial latents from FOLDER/segNNN.safetensors (key "noise"), shape-checked."""
+    path = Path(folder) / f"seg{segment:03d}.safetensors"
+    if not path.is_file():
+        raise FoleyError(f"noise file {path} not found; noise=DIR needs seg000.safetensors, seg001... (key 'noise')")
+    tensors = load_state_dict(path)
+    noise = tensors.get("noise")
+    if noise is None or tuple(noise.shape) != tuple(shape):
+        got = "no 'noise' tensor" if noise is None else f"noise {list(noise.shape)}"
+        raise FoleyError(f"{path}: {got}, expected key 'noise' of shape {list(shape)} for this segment")
+    return noise.float()

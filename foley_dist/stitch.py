@@ -84,8 +84,10 @@ class Stitcher:
         """Blend in segment `segment_index` and return every sample before the next segment's start
         (for the last segment: everything up to the video's end).
 
-        Waves longer than the segment are cut (vocoders pad to a hop multiple); shorter ones are an
-        error, because the plan's timing would no longer match the video.
+        Waves longer than the segment are cut (vocoders pad to a hop multiple). Shorter ones are
+        normal: the release's length rule (sync frames picked / 25 s) can end a segment's audio before
+        its window does; a gap before the next segment holds the last sample, and the output of a last
+        segment that ends early ends with it (as the release's own output does).
         """
         if segment_index != self._next or segment_index >= len(self._ranges):
             raise ValueError(
@@ -93,20 +95,18 @@ class Stitcher:
                 f"expected {self._next} of {len(self._ranges)}, got {segment_index}"
             )
         first, last = self._ranges[segment_index]
-        wave = _as_wave(wave)
-        if len(wave) < last - first:
-            raise ValueError(f"segment {segment_index} has {len(wave)} samples, expected {last - first}")
-        wave = wave[: last - first]
+        wave = _as_wave(wave)[: last - first]
         # _pos == first here (the previous add emitted up to this segment's start), so the tail is
         # exactly the overlap [first, end of previous segment), never longer than this segment.
         n = len(self._tail)
+        wave = _fit(wave, max(n, len(wave)))  # (a wave shorter than the overlap holds its last sample)
         fade_out, fade_in = self.fade(n)
         mixed = self._tail[:n] * fade_out + wave[:n] * fade_in
         buf = np.concatenate([mixed, wave[n:]])
 
         self._next += 1
         done = self._next == len(self._ranges)
-        final_until = self.total if done else self._ranges[self._next][0]
+        final_until = min(self.total, self._pos + len(buf)) if done else self._ranges[self._next][0]
         cut = final_until - self._pos
         out = _fit(buf, cut)
         self._tail = np.zeros(0, np.float32) if done else buf[cut:].copy()  # copy: don't pin buf

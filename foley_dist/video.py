@@ -1,6 +1,9 @@
-"""Probe a video and decode one segment's frames at the resolution an encoder needs.
+"""Probe a video and decode one segment's frames: as the release picks them, or straight at model size.
 
-Frames are scaled by FFmpeg's swscale straight from the decoder's YUV planes to the target size, so a
+Release-exact picking (`release_picks`, the default path): the frames HunyuanVideo-Foley's own
+`get_frames_av` takes, as full-size RGB, one at a time, for the release-exact preprocessing in
+`foley_dist.preprocess`. The fast path below (`decode_segment`, `iter_frames`, vision.preprocess=fast):
+frames are scaled by FFmpeg's swscale straight from the decoder's YUV planes to the target size, so a
 4K frame never exists as a full-size RGB array (DESIGN.md invariant 3), and only the frames a segment
 asks for are converted. Both decoders pick frames with the same rule (`select_frames`):
 
@@ -286,6 +289,59 @@ def _pick(
     image = image if image is not None else convert(held)
     for _ in range(len(times) - count):  # past the end: repeat the last frame
         yield image
+
+
+def _absolute_frames(
+    container: av.container.InputContainer, stream: av.video.stream.VideoStream, start: float
+) -> Iterator[tuple[float, av.VideoFrame]]:
+    """(frame.time, frame) in presentation order from the keyframe at or before `start` (absolute
+    stream seconds, as the release compares them); from the beginning if the seek lands after it.
+    Damaged packets are skipped and counted (mediaguard.decode)."""
+    frames = ((f.time, f) for f in mediaguard.decode(container, stream) if f.time is not None)
+    if start > 0:
+        container.seek(int(start / stream.time_base), stream=stream, backward=True)
+        first = next(frames, None)
+        if first is not None and first[0] <= start:
+            yield first
+            yield from frames
+            return
+        container.seek(stream.start_time or 0, stream=stream, backward=True)
+        frames = ((f.time, f) for f in mediaguard.decode(container, stream) if f.time is not None)
+    yield from frames
+
+
+def release_picks(
+    path: str | os.PathLike, start: float, end: float, rates: Sequence[float]
+) -> Iterator[tuple[float, np.ndarray, tuple[int, ...]]]:
+    """The release's frame choice (`get_frames_av`) for several rates in one decoding pass.
+
+    Per rate a target time starts at `start` and is advanced by `+= 1 / rate` in float64 (accumulated,
+    so it drifts from k / rate); every decoded frame with time t (absolute stream seconds; t < 0
+    skipped) is taken while t >= target, possibly several times. Frames at or after `end` stop the
+    search (the release stops after 15 s; a one-pass clip ends before that). Yields (t, full-size RGB
+    uint8 [H, W, 3] as `frame.to_ndarray(format="rgb24")` gives it, picks per rate) for each frame
+    taken at least once: one full-size frame exists at a time. Display rotation is not applied (the
+    release does not apply it)."""
+    path = _check_file(path)
+    steps = [1 / r for r in rates]
+    targets = [float(start)] * len(rates)
+    with mediaguard.media_errors(path), _open(path) as container:
+        stream = _video_stream(container, path)
+        stream.thread_type = PYAV_THREAD_TYPE
+        for t, frame in _absolute_frames(container, stream, start):
+            if t < 0:
+                continue
+            if t >= end:
+                return
+            counts = []
+            for k, step in enumerate(steps):
+                n = 0
+                while t >= targets[k]:
+                    targets[k] += step
+                    n += 1
+                counts.append(n)
+            if any(counts):
+                yield t, frame.to_ndarray(format="rgb24"), tuple(counts)
 
 
 def iter_frames(path: str | os.PathLike, times: Sequence[float], size: tuple[int, int], mode: Mode = "resize") -> Iterator[torch.Tensor]:

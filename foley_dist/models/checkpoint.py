@@ -8,6 +8,7 @@ reported on one line.
 
 from __future__ import annotations
 
+import logging
 import pickle
 import re
 import zipfile
@@ -25,6 +26,8 @@ PICKLE_SUFFIXES = (".pth", ".pt", ".bin", ".ckpt")
 # Training checkpoints often nest the weights under one of these keys.
 NESTED_KEYS = ("state_dict", "model", "module", "model_state_dict")
 SHOWN = 5  # how many names an error message lists per category
+
+log = logging.getLogger(__name__)
 
 
 def _wanted(key: str, prefixes: Sequence[str] | None) -> bool:
@@ -108,12 +111,22 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], what: str = "
     unexpected = sorted(k for k in state_dict if k not in own)
     wrong = [f"{k} file {list(state_dict[k].shape)} vs model {list(own[k].shape)}"
              for k in sorted(own) if k in state_dict and state_dict[k].shape != own[k].shape]
-    if missing or unexpected or wrong:
+    if missing or wrong:
         raise FoleyError(_mismatch(what, source, own, missing, unexpected, wrong))
+    report_unused(what, source, unexpected)
+    used = {k: v for k, v in state_dict.items() if k in own}
     if any(v.is_meta for v in own.values()):
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in state_dict.items()}, strict=False, assign=True)
+        module.load_state_dict({k: v.to(own[k].dtype) for k, v in used.items()}, strict=False, assign=True)
     else:
-        module.load_state_dict(dict(state_dict), strict=False)
+        module.load_state_dict(used, strict=False)
+
+
+def report_unused(what: str, source: str | Path | None, keys: Sequence[str]) -> None:
+    """One warning line for checkpoint tensors the inference graph never reads."""
+    if keys:
+        where = f" in {source}" if source is not None else ""
+        log.warning("%s weights%s: ignoring %d tensor(s) inference does not use [%s]", what, where, len(keys),
+                    _names(sorted(keys)))
 
 
 def _mismatch(what: str, source: str | Path | None, own: Mapping[str, Tensor], missing: list[str],

@@ -2,7 +2,8 @@
 the parts its stages need (random-initialised for `tiny`, loaded from local files for hunyuan_*).
 
 Official release layout expected under model.path (see README.md):
-    hunyuanvideo_foley.pth|.safetensors   DiT
+    hunyuanvideo_foley.pth|.safetensors   DiT (XXL); hunyuanvideo_foley_xl.pth for XL
+    config.yaml                           optional: the DiT architecture (model.config=PATH)
     vae_128d_48k.pth|.safetensors         audio VAE (decoder used)
     synchformer_state_dict.pth|.safetensors
     siglip2/                              local HF folder of google/siglip2-base-patch16-512
@@ -49,21 +50,32 @@ class ModelSpec:
     visual_fps: float = 8.0
     sync_fps: float = 25.0
     latent_rate: int = 50
+    dit_file: str = "hunyuanvideo_foley"  # stem of the DiT checkpoint in the release folder
 
     @property
     def sample_rate(self) -> int:
         return self.vae.sample_rate
 
     @classmethod
-    def named(cls, name: str) -> "ModelSpec":
+    def named(cls, name: str, config: str | Path | None = None) -> "ModelSpec":
+        """The model `name`; `config` (a release config yaml) replaces its built-in DiT architecture."""
+        dit = HunyuanDiTConfig.from_file(config) if config else None
         if name == "tiny":
             return cls("tiny", VisualEncoderConfig.tiny(), SyncEncoderConfig.tiny(), TextEncoderConfig.tiny(),
-                       HunyuanDiTConfig.tiny(), DacDecoderConfig.tiny())
+                       dit or HunyuanDiTConfig.tiny(), DacDecoderConfig.tiny())
         if name in ("hunyuan_xl", "hunyuan_xxl"):
-            dit = HunyuanDiTConfig.xl() if name == "hunyuan_xl" else HunyuanDiTConfig.xxl()
+            size = name.removeprefix("hunyuan_")
             return cls(name, VisualEncoderConfig.real(), SyncEncoderConfig.real(), TextEncoderConfig.real(),
-                       dit, DacDecoderConfig.real())
+                       dit or HunyuanDiTConfig.builtin(size), DacDecoderConfig.real(),
+                       dit_file="hunyuanvideo_foley_xl" if size == "xl" else "hunyuanvideo_foley")
         raise FoleyError(f"unknown model {name!r}; use model=tiny, model=hunyuan_xl or model=hunyuan_xxl")
+
+    @classmethod
+    def for_config(cls, cfg: ModelConfig) -> "ModelSpec":
+        if cfg.config and not Path(cfg.config).is_file():
+            raise FoleyError(f"model.config={cfg.config} not found; pass the release's config yaml "
+                             "(e.g. configs/hunyuanvideo-foley-xl.yaml) or leave it unset for the built-in one")
+        return cls.named(cfg.name, cfg.config)
 
 
 def _tiny_part(spec: ModelSpec, part: str, seed: int) -> nn.Module:
@@ -100,8 +112,9 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device)
     with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
         dit = HunyuanDiT(spec.dit)
     prefixes = CONDITION_PREFIXES if part == "dit_condition" else None  # read only what this rank uses
-    state = load_state_dict(find_weights(root, "hunyuanvideo_foley"), device=device, prefixes=prefixes)
-    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes)
+    path = find_weights(root, spec.dit_file)
+    state = load_state_dict(path, device=device, prefixes=prefixes)
+    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path)
     return strip_to_condition(dit) if prefixes else dit
 
 
@@ -117,11 +130,16 @@ def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:
     return root
 
 
-def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device) -> dict[str, nn.Module]:
-    """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`."""
+def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device,
+                dit_dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+    """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`.
+
+    The DiT (and its condition projections) is cast to `dit_dtype`, as the release casts it to bf16
+    on GPU; every other part stays fp32."""
     root = weights_root(spec, cfg)
     out = {}
     for part in parts:
         module = _tiny_part(spec, part, cfg.init_seed) if spec.name == "tiny" else _official_part(spec, part, root, device)
-        out[part] = module.to(device).eval().requires_grad_(False)
+        dtype = dit_dtype if part in ("dit", "dit_condition") else None
+        out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)
     return out

@@ -13,7 +13,11 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from foley_dist.errors import FoleyError
+
+BUILTIN_DIR = Path(__file__).with_name("configs")  # the release's two configs, as shipped with it
 
 # The only values of these options the official checkpoints use (and this implementation supports).
 _FIXED = {
@@ -124,6 +128,28 @@ class HunyuanDiTConfig:
         if unknown:
             raise FoleyError(f"DiT config: unknown model_kwargs {unknown}; known: {sorted(known)}")
         return cls(**data)
+
+    @classmethod
+    def from_file(cls, path: str | Path) -> "HunyuanDiTConfig":
+        """A release config (`configs/hunyuanvideo-foley-*.yaml`, model_config.model_kwargs) or JSON."""
+        path = Path(path)
+        if path.suffix == ".json":
+            return cls.from_json(path)
+        try:
+            data = yaml.safe_load(path.read_text())
+        except (OSError, yaml.YAMLError) as exc:
+            raise FoleyError(f"cannot read DiT config {path}: {str(exc).splitlines()[0]}; pass the release's config yaml") from exc
+        if not isinstance(data, dict):
+            raise FoleyError(f"DiT config {path}: expected a mapping with model_config.model_kwargs")
+        try:
+            return cls.from_dict(data)
+        except TypeError as exc:
+            raise FoleyError(f"DiT config {path}: {exc}") from exc
+
+    @classmethod
+    def builtin(cls, size: str) -> "HunyuanDiTConfig":
+        """The built-in copy of the release's config for size 'xl' or 'xxl'."""
+        return cls.from_file(BUILTIN_DIR / f"hunyuanvideo-foley-{size}.yaml")
 
     @classmethod
     def from_json(cls, path: str | Path) -> "HunyuanDiTConfig":

@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from foley_dist.errors import FoleyError
+from foley_dist.models.checkpoint import report_unused
 
 _PREFIX = "vfeat_extractor."
 # The 2-D patch embedding MotionFormer keeps only to count patches; the visual branch never runs it.
@@ -72,6 +73,12 @@ def sync_windows(num_frames: int, config: SyncEncoderConfig | None = None) -> in
     if num_frames < 1:
         raise ValueError(f"need at least one frame, got {num_frames}")
     return max(1, round(num_frames / c.fps * c.tokens_per_second / c.tokens_per_window))
+
+
+def release_windows(num_frames: int, config: SyncEncoderConfig | None = None) -> int:
+    """The release's window count: (T - 16) // 8 + 1; frames after the last full window are dropped."""
+    c = config or SyncEncoderConfig()
+    return (num_frames - c.window) // c.stride + 1
 
 
 def sync_tokens(seconds: float, config: SyncEncoderConfig | None = None) -> int:
@@ -207,10 +214,14 @@ class SyncEncoder(nn.Module):
         self.norm = nn.LayerNorm(c.dim, eps=1e-6)
         self.spatial_attn_agg = SpatialPooling(c.dim, c.heads, c.mlp_ratio)
 
-    def windows(self, frames: torch.Tensor) -> torch.Tensor:
-        """[T, 3, S, S] -> [windows, 3, 16, S, S], the tail padded with the last frame if needed."""
+    def windows(self, frames: torch.Tensor, pad_tail: bool = True) -> torch.Tensor:
+        """[T, 3, S, S] -> [windows, 3, 16, S, S]: with `pad_tail` the training rate of windows, the tail
+        padded with the last frame if needed; without, the release's (T - 16) // 8 + 1 full windows."""
         c = self.config
-        n = sync_windows(frames.shape[0], c)
+        n = sync_windows(frames.shape[0], c) if pad_tail else release_windows(frames.shape[0], c)
+        if n < 1:
+            raise FoleyError(f"{frames.shape[0]} sync frames make no {c.window}-frame window; "
+                             f"a segment needs at least {c.window / c.fps:.2f} s of video")
         needed = c.stride * (n - 1) + c.window
         if needed > frames.shape[0]:
             frames = torch.cat([frames, frames[-1:].expand(needed - frames.shape[0], -1, -1, -1)])
@@ -229,14 +240,14 @@ class SyncEncoder(nn.Module):
         x = self.norm(x[:, 1:])
         return self.spatial_attn_agg(x.reshape(-1, c.grid**2, c.dim)).view(-1, t, c.dim)
 
-    def forward(self, frames: torch.Tensor) -> torch.Tensor:
+    def forward(self, frames: torch.Tensor, pad_tail: bool = True) -> torch.Tensor:
         c = self.config
         shape = (3, c.image_size, c.image_size)
         if frames.dtype != torch.uint8 or frames.ndim != 4 or tuple(frames.shape[1:]) != shape:
             raise ValueError(f"expected uint8 frames [T, {', '.join(map(str, shape))}], "
                              f"got {frames.dtype} {tuple(frames.shape)}")
         out = []
-        for chunk in self.windows(frames).split(c.window_batch_size):
+        for chunk in self.windows(frames, pad_tail).split(c.window_batch_size):
             # the official preprocessing: torchvision's ToDtype(float32, scale=True), Normalize(0.5, 0.5)
             x = chunk.float().mul_(1.0 / 255).sub_(0.5).div_(0.5)
             out.append(self.encode_windows(x.to(self.pos_embed.dtype)))
@@ -290,15 +301,15 @@ def load_exact(model: nn.Module, state: dict[str, torch.Tensor], source: str) ->
     problems = []
     if missing := sorted(expected.keys() - state.keys()):
         problems.append(f"missing {len(missing)} keys ({_first(missing)})")
-    if unexpected := sorted(state.keys() - expected.keys()):
-        problems.append(f"{len(unexpected)} unexpected keys ({_first(unexpected)})")
+    unexpected = sorted(state.keys() - expected.keys())
     wrong = [f"{k} {tuple(state[k].shape)} vs {tuple(s)}" for k, s in expected.items()
              if k in state and state[k].shape != s]
     if wrong:
         problems.append(f"{len(wrong)} shape mismatches (checkpoint vs model: {_first(wrong)})")
     if problems:
         raise FoleyError(f"{source}: {'; '.join(problems)}; the file does not match this model config")
-    model.load_state_dict(state, assign=True)
+    report_unused(type(model).__name__, source, unexpected)
+    model.load_state_dict({k: v for k, v in state.items() if k in expected}, assign=True)
 
 
 def _first(items: list[str], n: int = 3) -> str:
