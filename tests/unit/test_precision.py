@@ -69,3 +69,23 @@ def test_sampler_state_and_audio_decoder_stay_fp32(setup):
     assert out["latents"].dtype == out["vae_out"].dtype == out["audio"].dtype == torch.float32
     assert all(p.dtype == torch.float32 for p in parts["vae"].parameters())
     assert all(p.dtype == torch.float32 for p in parts["dit"].parameters())  # autocast casts per op, weights stay
+
+
+@pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
+def test_bf16_dit_weights_as_the_release(setup):
+    """The release casts the whole DiT to bf16 (half the memory): the same code path on CPU with
+    precision=bf16; conditioning and sampling run under autocast, the sampler and VAE stay fp32."""
+    spec, parts, cond = setup
+    cpu = torch.device("cpu")
+    half = build_parts(spec, ("text", "dit", "vae"), ModelConfig(), cpu, dit_dtype=torch.bfloat16)
+    assert {p.dtype for p in half["dit"].parameters()} == {torch.bfloat16}
+    assert {p.dtype for p in half["vae"].parameters()} == {torch.float32}
+    meta = {"job": 0, "segment": 0, "start": 0.0, "end": 5.0, "seed": 0, "prompt": "rain on a tin roof"}
+    g = torch.Generator().manual_seed(0)
+    feats = Message(0, {"clip_feat": torch.randn(1, 40, 768, generator=g),
+                        "sync_feat": torch.randn(1, 120, 768, generator=g)}, meta)
+    half_cond = FusionStage(spec, half["text"], half["dit"], "noisy, harsh", torch.bfloat16)(feats)
+    audio = DiffusionStage(spec, half["dit"], half["vae"], STEPS, 4.5, cpu, torch.bfloat16)(half_cond).tensors["audio"]
+    ref = _run(setup, None)["audio"]
+    assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
+    assert _rel(audio, ref) < 10 * AUDIO_RTOL  # weights rounded to bf16 as well as activations

@@ -1,9 +1,11 @@
-"""VisionStage with the tiny encoders on small generated clips: the same feature shapes for fixed,
-adaptive and tiled encoding, the sampling saving in the message meta, and the feature cache (a hit
-does no decoding or encoding and returns exactly the uncached features)."""
+"""VisionStage with the tiny encoders on small generated clips: the release-exact default (the
+release's frame picks, window count and latent length), the same feature shapes for fixed, adaptive
+and tiled encoding of the fast path, the sampling saving in the message meta, and the feature cache (a
+hit does no decoding or encoding and returns exactly the uncached features)."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import av
@@ -20,7 +22,8 @@ from foley_dist.stages import VisionStage
 
 SPEC = ModelSpec.named("tiny")
 CPU = torch.device("cpu")
-SHAPES = {"clip_feat": (1, 40, 768), "sync_feat": (1, 120, 768)}  # 5 s: 8 fps visual, 24 sync tokens/s
+SHAPES = {"clip_feat": (1, 40, 768), "sync_feat": (1, 120, 768)}  # fast, 5 s: 8 fps visual, 24 sync tokens/s
+FAST = {"preprocess": "fast"}
 
 
 @pytest.fixture(scope="module")
@@ -69,10 +72,30 @@ def run(parts, clips):
 
 
 def _shapes(msg: Message) -> dict[str, tuple[int, ...]]:
-    return {k: tuple(v.shape) for k, v in msg.tensors.items()}
+    return {k: tuple(msg.tensors[k].shape) for k in SHAPES}
 
 
-@pytest.mark.parametrize("vision", [{}, {"frame_sampling": "adaptive"}, {"tiling": True, "tile_size": 96}],
+def test_release_default_picks_frames_and_lengths_as_the_release(run):
+    """6 s clip at 25 fps, segment [0, 5): accumulated 1/25 targets skip one frame (124 picked), so
+    (124 - 16) // 8 + 1 = 14 windows (112 tokens, no tail padding) and int(124 / 25 * 50) = 248 latents."""
+    out = run("moving")
+    assert {k: tuple(v.shape) for k, v in out.tensors.items()} == {
+        "clip_feat": (1, 40, 768), "sync_feat": (1, 112, 768), "siglip_times": (40,), "sync_times": (124,)}
+    assert out.meta["latent_frames"] == 248
+    # the first frame at or after each k / 8 s (1/8 accumulates exactly): 0, 0.16, 0.28, 0.40, ...
+    first_after = torch.tensor([math.ceil(k * 25 / 8) / 25 for k in range(40)], dtype=torch.float64)
+    torch.testing.assert_close(out.tensors["siglip_times"], first_after, atol=1e-9, rtol=0)
+    sync = out.tensors["sync_times"]
+    assert sync.dtype == torch.float64 and bool((sync[1:] >= sync[:-1]).all()) and float(sync[-1]) < 5.0
+
+
+def test_later_segments_start_their_targets_at_the_segment_start(parts, clips):
+    out = _stage(parts)(_msg(clips["moving"], start=1.0))
+    times = out.tensors["siglip_times"]
+    assert len(times) == 40 and float(times[0]) == pytest.approx(1.0) and float(times[-1]) == pytest.approx(5.88)
+
+
+@pytest.mark.parametrize("vision", [FAST, {**FAST, "frame_sampling": "adaptive"}, {**FAST, "tiling": True, "tile_size": 96}],
                          ids=["fixed", "adaptive", "tiled"])
 def test_every_variant_gives_the_fixed_shapes(run, clips, vision):
     out = run("moving", **vision)
@@ -82,7 +105,7 @@ def test_every_variant_gives_the_fixed_shapes(run, clips, vision):
 
 
 def test_adaptive_sampling_on_a_static_clip(run):
-    fixed, adaptive = run("static"), run("static", frame_sampling="adaptive")
+    fixed, adaptive = run("static", **FAST), run("static", **FAST, frame_sampling="adaptive")
     assert _shapes(adaptive) == SHAPES
     assert adaptive.meta["sync_frames_saved"] == pytest.approx(0.4)  # 15 of 25 fps decoded
     assert torch.equal(adaptive.tensors["clip_feat"], fixed.tensors["clip_feat"])
@@ -90,10 +113,10 @@ def test_adaptive_sampling_on_a_static_clip(run):
 
 
 def test_tiled_is_deterministic_and_differs_from_untiled(parts, clips, run):
-    a = run("moving", tiling=True, tile_size=96)
-    b = _stage(parts, tiling=True, tile_size=96)(_msg(clips["moving"]))
+    a = run("moving", **FAST, tiling=True, tile_size=96)
+    b = _stage(parts, **FAST, tiling=True, tile_size=96)(_msg(clips["moving"]))
     assert torch.equal(a.tensors["clip_feat"], b.tensors["clip_feat"])
-    untiled = run("moving")
+    untiled = run("moving", **FAST)
     assert not torch.allclose(a.tensors["clip_feat"], untiled.tensors["clip_feat"])
     assert torch.equal(a.tensors["sync_feat"], untiled.tensors["sync_feat"])  # tiling is visual-only
 
@@ -103,13 +126,13 @@ class _Counting(torch.nn.Module):
         super().__init__()
         self.inner, self.calls = inner, 0
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, **kwargs) -> torch.Tensor:
         self.calls += 1
-        return self.inner(x)
+        return self.inner(x, **kwargs)
 
 
-@pytest.mark.parametrize("vision", [{}, {"tiling": True, "tile_size": 96, "frame_sampling": "adaptive"}],
-                         ids=["fixed", "tiled-adaptive"])
+@pytest.mark.parametrize("vision", [{}, {**FAST, "tiling": True, "tile_size": 96, "frame_sampling": "adaptive"}],
+                         ids=["release", "tiled-adaptive"])
 def test_cache_hit_skips_decode_and_encoders_and_is_exact(parts, clips, run, tmp_path, monkeypatch, vision):
     uncached = run("moving", **vision)
     counted = {"visual": _Counting(parts["visual"]), "sync": _Counting(parts["sync"])}
@@ -123,12 +146,14 @@ def test_cache_hit_skips_decode_and_encoders_and_is_exact(parts, clips, run, tmp
 
     monkeypatch.setattr(stages, "decode_segment", no_decode)
     monkeypatch.setattr(stages, "iter_frames", no_decode)
+    monkeypatch.setattr(stages, "release_picks", no_decode)
     again = _stage(counted, cache=str(tmp_path), **vision)  # a fresh stage (another run) reads it back
     hit = again(_msg(clips["moving"]))
     assert (again.cache_hits, again.cache_misses, hit.meta["cached"]) == (1, 0, True)
     assert (counted["visual"].calls, counted["sync"].calls) == calls
     assert hit.meta["sync_frames_saved"] == first.meta["sync_frames_saved"]
-    for name in SHAPES:
+    assert hit.meta["latent_frames"] == first.meta["latent_frames"]
+    for name in uncached.tensors:
         assert torch.equal(hit.tensors[name], uncached.tensors[name])
         assert torch.equal(first.tensors[name], uncached.tensors[name])
 
@@ -137,13 +162,14 @@ def test_cache_misses_on_another_segment_or_setting(parts, clips, tmp_path):
     stage = _stage(parts, cache=str(tmp_path))
     stage(_msg(clips["moving"]))
     stage(_msg(clips["moving"], start=1.0))
-    _stage(parts, cache=str(tmp_path), frame_sampling="adaptive")(_msg(clips["moving"]))
+    _stage(parts, cache=str(tmp_path), **FAST)(_msg(clips["moving"]))
     assert (stage.cache_hits, stage.cache_misses) == (0, 2)
     assert len(list(tmp_path.rglob("*.safetensors"))) == 3
 
 
 @pytest.mark.parametrize("bad", [{"frame_sampling": "smart"}, {"min_sync_fps": 0}, {"overlap_ratio": 1.0},
-                                 {"tile_batch": 0}, {"cache_max_gb": 0}])
+                                 {"tile_batch": 0}, {"cache_max_gb": 0}, {"preprocess": "exact"},
+                                 {"tiling": True}, {"frame_sampling": "adaptive"}])
 def test_bad_vision_settings_are_one_line_errors(parts, bad):
     with pytest.raises(FoleyError, match="vision."):
         _stage(parts, **bad)
