@@ -50,7 +50,9 @@ class LayoutConfig:
 class HardwareConfig:
     device: str = "auto"  # auto | cpu | cuda
     precision: str = "auto"  # auto (bf16 DiT on CUDA, fp32 on CPU) | fp32 | bf16 | fp16
-    timeout_s: float = 60.0  # a peer silent for this long is treated as dead
+    # a peer silent for this long is treated as dead; it must exceed the slowest stage's time per
+    # segment (the real Synchformer alone takes minutes per segment on a CPU rank)
+    timeout_s: float = 600.0
     max_inflight: int = 2  # sends outstanding per rank before it waits (back-pressure)
     threads: int = 1  # torch CPU threads per rank; results are bit-identical only at equal thread counts; 0 = torch's default
 

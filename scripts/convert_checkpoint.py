@@ -3,12 +3,15 @@
 
 usage: convert_checkpoint.py IN.pth OUT.safetensors
 The input is read with weights_only=True (a pickle holding anything but tensors is refused); a state
-dict nested under "state_dict"/"model"/... is unwrapped. The output appears atomically (temp + rename).
+dict nested under "state_dict"/"model"/... is unwrapped. An audiotools checkpoint's stored
+hyper-parameters (vae_128d_48k.pth: metadata.kwargs) are kept as JSON in the header metadata
+"kwargs", where the VAE loader reads them. The output appears atomically (temp + rename).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import sys
 from pathlib import Path
@@ -17,7 +20,7 @@ from safetensors.torch import save_file
 from torch import Tensor
 
 from foley_dist.errors import FoleyError
-from foley_dist.models.checkpoint import load_state_dict
+from foley_dist.models.checkpoint import PICKLE_SUFFIXES, load_state_dict, stored_kwargs
 
 
 def savable(state: dict[str, Tensor]) -> dict[str, Tensor]:
@@ -34,9 +37,13 @@ def savable(state: dict[str, Tensor]) -> dict[str, Tensor]:
 
 def convert(src: Path, dst: Path) -> int:
     state = savable(load_state_dict(src))
+    metadata = {"format": "pt", "source": src.name}
+    kwargs = stored_kwargs(src) if src.suffix.lower() in PICKLE_SUFFIXES else None
+    if kwargs is not None:
+        metadata["kwargs"] = json.dumps(kwargs)
     tmp = dst.with_name(f".{dst.name}.tmp{os.getpid()}")
     try:
-        save_file(state, tmp, metadata={"format": "pt", "source": src.name})
+        save_file(state, tmp, metadata=metadata)
         os.replace(tmp, dst)
     finally:
         tmp.unlink(missing_ok=True)

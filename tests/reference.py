@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 REFERENCE = Path(__file__).resolve().parent / "data" / "reference"
+OFFICIAL = REFERENCE / "official_pipeline"  # one run of the release's own pipeline (its README.md)
 
 
 def reference_file(name: str) -> Path:

@@ -58,6 +58,15 @@ def load_state_dict(path: str | Path, device: str | torch.device = "cpu",
                      f"(expected .safetensors or one of {PICKLE_SUFFIXES})")
 
 
+def stored_kwargs(path: str | Path) -> dict | None:
+    """The constructor arguments an audiotools checkpoint stores beside its weights
+    ({"state_dict", "metadata": {"kwargs"}}, e.g. the release's vae_128d_48k.pth), or None."""
+    obj = _load_pickle(Path(path), "cpu")
+    meta = obj.get("metadata") if isinstance(obj, Mapping) else None
+    kwargs = meta.get("kwargs") if isinstance(meta, Mapping) else None
+    return dict(kwargs) if isinstance(kwargs, Mapping) else None
+
+
 def _load_safetensors(path: Path, device: str, prefixes: Sequence[str] | None) -> dict[str, Tensor]:
     try:
         if prefixes is None:
