@@ -86,8 +86,8 @@ def test_batch_reports_bad_items_and_finishes_good_ones(manifest, tmp_path):
     assert "outside output_root" in by_output["escaped.wav"]["reason"]
     assert not (tmp_path.parent.parent / "escaped.wav").exists()
     audio, sr = sf.read(tmp_path / "good1.wav", dtype="float32")
-    assert len(audio) == 6 * sr
-    assert sf.info(tmp_path / "nested" / "good2.flac").frames == 4 * 48000
+    assert 6 * sr - 2 * sr // 25 <= len(audio) <= 6 * sr  # ends with the last segment's audio (release length rule)
+    assert 4 * 48000 - 2 * 1920 <= sf.info(tmp_path / "nested" / "good2.flac").frames <= 4 * 48000
     # a re-run skips both finished items and runs nothing
     again = run_cli(["batch", f"manifest={manifest}", f"output_root={tmp_path}", *FAST], timeout=120)
     assert "2 by earlier runs" in again.stdout, again.stdout + again.stderr
