@@ -473,7 +473,7 @@ def make_plan(cfg: PlanConfig) -> dict:
     """The plan as a JSON-ready dict; raises FoleyError for configurations that cannot run."""
     if cfg.gpus < 1:
         raise FoleyError(f"gpus={cfg.gpus}: the planner needs at least one GPU; pass gpus=1 or more")
-    spec = ModelSpec.named(cfg.model.name)
+    spec = ModelSpec.for_config(cfg.model)
     precision = resolve_precision(cfg.precision)
     width, height, duration = source(cfg)
     budget = parse_memory(cfg.gpu_memory)

@@ -78,16 +78,20 @@ class ModelSpec:
         return cls.named(cfg.name, cfg.config)
 
 
-def _tiny_part(spec: ModelSpec, part: str, seed: int) -> nn.Module:
-    """Random init seeded per part, so every rank that builds a part gets the same weights."""
+def random_part(spec: ModelSpec, part: str, seed: int, device: torch.device = torch.device("cpu")) -> nn.Module:
+    """Random init seeded per part, so every rank that builds a part gets the same weights (on the
+    same device type). On CUDA the DiT is initialised on the GPU: a full-size random XL/XXL DiT
+    (model.config=...) builds in seconds there instead of minutes on the CPU."""
     if part == "dit_condition":  # the same seed and construction as the whole DiT, so the same weights
-        return strip_to_condition(_tiny_part(spec, "dit", seed))
+        return strip_to_condition(random_part(spec, "dit", seed, device))
     torch.manual_seed(seed * len(PARTS) + PARTS.index(part))
+    if part == "dit":
+        with torch.device(device if device.type == "cuda" else "cpu"):
+            return HunyuanDiT(spec.dit)
     return {
         "visual": lambda: VisualEncoder.from_config(spec.visual),
         "sync": lambda: SyncEncoder(spec.sync),
         "text": lambda: TextEncoder.from_config(spec.text, fixed_length=False),
-        "dit": lambda: HunyuanDiT(spec.dit),
         "vae": lambda: AudioDecoder(spec.vae),
     }[part]()
 
@@ -139,7 +143,7 @@ def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, devic
     root = weights_root(spec, cfg)
     out = {}
     for part in parts:
-        module = _tiny_part(spec, part, cfg.init_seed) if spec.name == "tiny" else _official_part(spec, part, root, device)
+        module = random_part(spec, part, cfg.init_seed, device) if spec.name == "tiny" else _official_part(spec, part, root, device)
         dtype = dit_dtype if part in ("dit", "dit_condition") else None
         out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)
     return out
