@@ -55,8 +55,9 @@ def job_key(cfg: RunConfig, video: str, prompt: str, seed: int, overrides: dict)
     st = os.stat(video)
     ident = {
         "video": os.path.abspath(video), "size": st.st_size, "mtime_ns": st.st_mtime_ns, "prompt": prompt, "seed": seed,
-        "model": [cfg.model.name, cfg.model.path, cfg.model.init_seed, cfg.model.steps, cfg.model.guidance_scale,
-                  cfg.model.negative_prompt],
+        "model": [cfg.model.name, cfg.model.path, cfg.model.config, cfg.model.init_seed, cfg.model.steps,
+                  cfg.model.guidance_scale, cfg.model.negative_prompt],
+        "noise": getattr(cfg, "noise", None),
         "plan": [cfg.segment_seconds, cfg.overlap_seconds], "decoder": cfg.decoder, "vision": vars(cfg.vision),
         "precision": cfg.hardware.precision, "overrides": overrides,
         "sampling": [cfg.seam, cfg.diffusion.cfg_parallel],  # both change the audio's bits

@@ -1,0 +1,140 @@
+#!/usr/bin/env python
+"""Release-exact vs fast preprocessing (vision.preprocess=release|fast), per source resolution.
+
+For a 6 s clip (moving shapes, H.264, 25 fps) at each resolution, segment [0, 5) is turned into the
+encoders' inputs both ways, the encoders left out:
+
+    release  the release's frame picks (first frame at or after accumulated k / fps targets), each as
+             full-size RGB, PIL bilinear 512x512 (SigLIP2) and antialiased bicubic short side 224 +
+             centre crop (Synchformer) -- foley_dist.video.release_picks + foley_dist.preprocess
+    fast     the frame on screen at k / fps, scaled by swscale straight from the decoded planes
+             -- foley_dist.video.decode_segment
+
+Each (resolution, mode) runs in a fresh process: time = decode + preprocess of the segment; peak =
+peak RSS (VmHWM, reset after the imports) minus RSS then. The parent compares fast against release:
+input error = relative L2 error of the normalised encoder inputs (frame choice and scaling together);
+feature error = the same through random encoders of the release's input sizes and widths, 2 layers
+deep (SigLIP 512/16 x 768, Synchformer 224/16 x 768; a proxy: the real weights are not available here),
+on the Synchformer tokens both modes share (fast pads 125 frames to 15 windows, release keeps 14).
+
+    python scripts/bench_preprocess.py [--json out/bench_preprocess.json] [--workdir /tmp/foley_pre]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
+
+RESOLUTIONS = {"360p": (640, 360), "1080p": (1920, 1080), "2160p": (3840, 2160)}
+MODES = ("release", "fast")
+ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
+
+
+def inputs(path: str, mode: str):
+    """uint8 encoder inputs (SigLIP [T, 3, 512, 512], Synchformer [T, 3, 224, 224]) of segment [0, 5)."""
+    import torch
+
+    from foley_dist import video
+    from foley_dist.preprocess import siglip_frame, sync_frame
+    from foley_dist.segments import Segment
+
+    if mode == "fast":
+        seg = Segment(0, 0.0, 5.0)
+        return (video.decode_segment(path, video.sample_times(seg, 8), (512, 512), "resize"),
+                video.decode_segment(path, video.sample_times(seg, 25), (224, 224), "center_crop"))
+    visual, sync = [], []
+    for _, rgb, (n_visual, n_sync) in video.release_picks(path, 0.0, 5.0, (8, 25)):
+        visual += [siglip_frame(rgb, 512)] * n_visual
+        sync += [sync_frame(rgb, 224)] * n_sync
+    return torch.stack(visual), torch.stack(sync)
+
+
+def child(path: str, mode: str, out: str) -> None:
+    import torch
+
+    reset_peak_rss()
+    start = time.perf_counter()
+    visual, sync = inputs(path, mode)
+    seconds = time.perf_counter() - start
+    peak = peak_rss_since_reset()
+    torch.save({"visual": visual, "sync": sync}, out)
+    print(json.dumps({"seconds": seconds, "peak_mb": peak}))
+
+
+def rel(a, b) -> float:
+    return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def feature_errors(release: dict, fast: dict) -> dict[str, float]:
+    import torch
+
+    from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig, normalize_frames
+    from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig
+
+    torch.manual_seed(0)
+    visual = VisualEncoder.from_config(VisualEncoderConfig(layers=2)).eval()
+    sync = SyncEncoder(SyncEncoderConfig(depth=2)).eval()
+    with torch.inference_mode():
+        v_rel, v_fast = visual(release["visual"]), visual(fast["visual"])
+        s_rel, s_fast = sync(release["sync"], pad_tail=False), sync(fast["sync"])
+    n = s_rel.shape[1]
+    sync_in = min(len(release["sync"]), len(fast["sync"]))
+    return {"visual_input_err": rel(normalize_frames(fast["visual"]), normalize_frames(release["visual"])),
+            "sync_input_err": rel(normalize_frames(fast["sync"][:sync_in]), normalize_frames(release["sync"][:sync_in])),
+            "visual_feat_err": rel(v_fast, v_rel), "sync_feat_err": rel(s_fast[:, :n], s_rel),
+            "sync_frames": [len(release["sync"]), len(fast["sync"])]}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--json", default="out/bench_preprocess.json")
+    ap.add_argument("--workdir", default="/tmp/foley_pre")
+    ap.add_argument("--child", nargs=3, metavar=("VIDEO", "MODE", "OUT"), help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.child:
+        child(*args.child)
+        return
+    import torch
+
+    from foley_dist.testclip import make_clip
+
+    work = Path(args.workdir)
+    work.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for name, (width, height) in RESOLUTIONS.items():
+        clip = work / f"{name}.mp4"
+        if not clip.is_file():
+            make_clip(clip, 6.0, width, height, fps=25, seed=1)
+        row: dict = {"resolution": name}
+        tensors = {}
+        for mode in MODES:
+            out = work / f"{name}_{mode}.pt"
+            r = subprocess.run([sys.executable, __file__, "--child", str(clip), mode, str(out)], capture_output=True,
+                               text=True, env={**os.environ, **ENV}, check=True)
+            m = json.loads(r.stdout.strip().splitlines()[-1])
+            row[f"{mode}_s"], row[f"{mode}_peak_mb"] = round(m["seconds"], 3), round(m["peak_mb"], 1)
+            tensors[mode] = torch.load(out)
+        row.update({k: (round(v, 5) if isinstance(v, float) else v)
+                    for k, v in feature_errors(tensors["release"], tensors["fast"]).items()})
+        rows.append(row)
+        print(row, file=sys.stderr, flush=True)
+    head = (f"{'source':<7} {'release s':>9} {'fast s':>7} {'release MB':>10} {'fast MB':>8} "
+            f"{'SigLIP in':>9} {'SigLIP feat':>11} {'sync in':>8} {'sync feat':>9}")
+    print(head)
+    for r in rows:
+        print(f"{r['resolution']:<7} {r['release_s']:>9.2f} {r['fast_s']:>7.2f} {r['release_peak_mb']:>10.0f} "
+              f"{r['fast_peak_mb']:>8.0f} {r['visual_input_err']:>9.4f} {r['visual_feat_err']:>11.4f} "
+              f"{r['sync_input_err']:>8.4f} {r['sync_feat_err']:>9.4f}")
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.json).write_text(json.dumps(rows, indent=1))
+
+
+if __name__ == "__main__":
+    main()
