@@ -13,7 +13,8 @@ encoders' inputs both ways, the encoders left out:
 Each (resolution, mode) runs in a fresh process: time = decode + preprocess of the segment; peak =
 peak RSS (VmHWM, reset after the imports) minus RSS then. The parent compares fast against release:
 input error = relative L2 error of the normalised encoder inputs (frame choice and scaling together);
-feature error = the same through random encoders of the release's input sizes and widths, 2 layers
+scaling error = the same with the fast path's scaling applied to the release's frames (frame choice
+left out); feature error = the fast inputs through random encoders of the release's input sizes and widths, 2 layers
 deep (SigLIP 512/16 x 768, Synchformer 224/16 x 768; a proxy: the real weights are not available here),
 on the Synchformer tokens both modes share (fast pads 125 frames to 15 windows, release keeps 14).
 
@@ -38,7 +39,8 @@ ENV = {"MALLOC_MMAP_THRESHOLD_": "131072", "OMP_NUM_THREADS": "1"}
 
 
 def inputs(path: str, mode: str):
-    """uint8 encoder inputs (SigLIP [T, 3, 512, 512], Synchformer [T, 3, 224, 224]) of segment [0, 5)."""
+    """uint8 encoder inputs (SigLIP [T, 3, 512, 512], Synchformer [T, 3, 224, 224]) of segment [0, 5)
+    and the source times of their frames."""
     import torch
 
     from foley_dist import video
@@ -47,29 +49,43 @@ def inputs(path: str, mode: str):
 
     if mode == "fast":
         seg = Segment(0, 0.0, 5.0)
-        return (video.decode_segment(path, video.sample_times(seg, 8), (512, 512), "resize"),
-                video.decode_segment(path, video.sample_times(seg, 25), (224, 224), "center_crop"))
-    visual, sync = [], []
-    for _, rgb, (n_visual, n_sync) in video.release_picks(path, 0.0, 5.0, (8, 25)):
+        vt, st = video.sample_times(seg, 8), video.sample_times(seg, 25)
+        return (video.decode_segment(path, vt, (512, 512), "resize"),
+                video.decode_segment(path, st, (224, 224), "center_crop"), {"visual": vt, "sync": st})
+    visual, sync, vt, st = [], [], [], []
+    for t, rgb, (n_visual, n_sync) in video.release_picks(path, 0.0, 5.0, (8, 25)):
         visual += [siglip_frame(rgb, 512)] * n_visual
         sync += [sync_frame(rgb, 224)] * n_sync
-    return torch.stack(visual), torch.stack(sync)
+        vt += [t] * n_visual
+        st += [t] * n_sync
+    return torch.stack(visual), torch.stack(sync), {"visual": vt, "sync": st}
 
 
 def child(path: str, mode: str, out: str) -> None:
     import torch
 
-    reset_peak_rss()
+    baseline = reset_peak_rss()
     start = time.perf_counter()
-    visual, sync = inputs(path, mode)
+    visual, sync, times = inputs(path, mode)
     seconds = time.perf_counter() - start
-    peak = peak_rss_since_reset()
-    torch.save({"visual": visual, "sync": sync}, out)
+    peak = (peak_rss_since_reset() - baseline) / 1e6
+    torch.save({"visual": visual, "sync": sync, "times": times}, out)
     print(json.dumps({"seconds": seconds, "peak_mb": peak}))
 
 
 def rel(a, b) -> float:
     return float((a.double() - b.double()).norm() / b.double().norm())
+
+
+def scaling_errors(path: str, times: dict, release: dict) -> dict[str, float]:
+    """Fast scaling of the very frames the release picked (decode_segment at their timestamps)."""
+    from foley_dist import video
+    from foley_dist.models.siglip import normalize_frames
+
+    visual = video.decode_segment(path, times["visual"], (512, 512), "resize")
+    sync = video.decode_segment(path, times["sync"], (224, 224), "center_crop")
+    return {"visual_scaling_err": rel(normalize_frames(visual), normalize_frames(release["visual"])),
+            "sync_scaling_err": rel(normalize_frames(sync), normalize_frames(release["sync"]))}
 
 
 def feature_errors(release: dict, fast: dict) -> dict[str, float]:
@@ -121,17 +137,17 @@ def main() -> None:
             m = json.loads(r.stdout.strip().splitlines()[-1])
             row[f"{mode}_s"], row[f"{mode}_peak_mb"] = round(m["seconds"], 3), round(m["peak_mb"], 1)
             tensors[mode] = torch.load(out)
-        row.update({k: (round(v, 5) if isinstance(v, float) else v)
-                    for k, v in feature_errors(tensors["release"], tensors["fast"]).items()})
+        errors = {**scaling_errors(str(clip), tensors["release"]["times"], tensors["release"]),
+                  **feature_errors(tensors["release"], tensors["fast"])}
+        row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in errors.items()})
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
-    head = (f"{'source':<7} {'release s':>9} {'fast s':>7} {'release MB':>10} {'fast MB':>8} "
-            f"{'SigLIP in':>9} {'SigLIP feat':>11} {'sync in':>8} {'sync feat':>9}")
-    print(head)
+    print(f"{'source':<7} {'release s':>9} {'fast s':>7} {'release MB':>10} {'fast MB':>8} "
+          f"{'SigLIP scale/in/feat':>22} {'sync scale/in/feat':>22}")
     for r in rows:
         print(f"{r['resolution']:<7} {r['release_s']:>9.2f} {r['fast_s']:>7.2f} {r['release_peak_mb']:>10.0f} "
-              f"{r['fast_peak_mb']:>8.0f} {r['visual_input_err']:>9.4f} {r['visual_feat_err']:>11.4f} "
-              f"{r['sync_input_err']:>8.4f} {r['sync_feat_err']:>9.4f}")
+              f"{r['fast_peak_mb']:>8.0f} {r['visual_scaling_err']:>6.3f}/{r['visual_input_err']:.3f}/{r['visual_feat_err']:.3f}"
+              f"      {r['sync_scaling_err']:>6.3f}/{r['sync_input_err']:.3f}/{r['sync_feat_err']:.3f}")
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
     Path(args.json).write_text(json.dumps(rows, indent=1))
 
