@@ -23,7 +23,7 @@ def test_auto_precision_casts_the_dit_to_bf16_and_runs_synchformer_in_fp16():
     cfg = GenerateConfig(video=str(OFFICIAL / "clip.mp4"), model=ModelConfig(steps=4))
     cfg.vision.cache = "off"
     device = torch.device("cuda:0")
-    vision, fusion, diffusion = build_stages(("vision", "fusion", "diffusion"), cfg, ModelSpec.named("tiny"), device)
+    vision, fusion, diffusion = build_stages(("vision", "fusion", "diffusion"), cfg, ModelSpec.named("tiny"), device, {})
     assert {p.dtype for p in diffusion.dit.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in fusion.dit.parameters()} == {torch.bfloat16}
     assert {p.dtype for p in diffusion.vae.parameters()} == {torch.float32}
