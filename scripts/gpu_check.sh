@@ -18,12 +18,12 @@ export HF_HUB_OFFLINE=1
 "$PYTHON" -c 'import torch; p = torch.cuda.get_device_properties(0); print(f"GPU: {p.name}, {p.total_memory / 1e9:.0f} GB, torch {torch.__version__}")'
 
 echo "== 1/3 CUDA tests"
-timeout 240 "$PYTHON" -m pytest -q tests/gpu
+timeout 200 "$PYTHON" -m pytest -q tests/gpu
 
 echo "== 2/3 bf16 generate, random full-size XL DiT"
 CLIP="$OUT/clip.mp4"
 "$PYTHON" scripts/make_clip.py --out "$CLIP" --seconds 5 --width 640 --height 360
-timeout 180 "$PYTHON" -m foley_dist generate video="$CLIP" prompt="footsteps on gravel" model=tiny \
+timeout 120 "$PYTHON" -m foley_dist generate video="$CLIP" prompt="footsteps on gravel" model=tiny \
   model.config="$XL_CONFIG" model.steps=10 hardware=gpu hardware.precision=bf16 vision.cache=off \
   progress=false output="$OUT/xl_random.wav"
 "$PYTHON" - "$OUT/xl_random.json" <<'PY'
@@ -35,6 +35,6 @@ print(f"generate: wall {report['wall_s']} s, stage busy {report['stage_busy_s']}
 PY
 
 echo "== 3/3 peak memory per stage vs plan, DiT step time"
-timeout 180 "$PYTHON" scripts/gpu_stage_memory.py --video "$CLIP" --model hunyuan_xl --json "$OUT/stage_memory.json"
+timeout 120 "$PYTHON" scripts/gpu_stage_memory.py --video "$CLIP" --model hunyuan_xl --json "$OUT/stage_memory.json"
 "$PYTHON" -m foley_dist plan video="$CLIP" gpus=1 gpu_memory=80GB model=hunyuan_xl
 echo "gpu_check: done ($OUT)"
