@@ -328,7 +328,8 @@ def release_picks(
     with mediaguard.media_errors(path), _open(path) as container:
         stream = _video_stream(container, path)
         stream.thread_type = PYAV_THREAD_TYPE
-        for t, frame in _absolute_frames(container, stream, start):
+        # a segment without any decodable frame fails (as on the fast path) instead of going silent
+        for t, frame in mediaguard.check_window(_absolute_frames(container, stream, start), start, end, path, stream):
             if t < 0:
                 continue
             if t >= end:
