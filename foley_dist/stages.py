@@ -282,8 +282,9 @@ class DiffusionStage(nn.Module):
     def forward(self, msg: Message) -> Message:
         seg = _segment(msg.meta)
         span = self.latent_span(seg.start, seg.end)
-        if self.seam != "joint":  # the release's length (set by the vision stage); joint keeps the shared timeline's
-            span = (span[0], msg.meta.get("latent_frames", span[1]))
+        alone = not (msg.meta.get("joint_prev") or msg.meta.get("joint_next"))
+        if self.seam != "joint" or alone:  # the release's length (set by the vision stage); joint segments with
+            span = (span[0], msg.meta.get("latent_frames", span[1]))  # neighbours keep the shared timeline's
         channels = self.spec.dit.audio_vae_latent_dim
         if self.noise_dir:
             noise = read_noise(self.noise_dir, seg.index, (1, channels, span[1])).to(self.device)
