@@ -14,24 +14,24 @@ from tests.conftest import run_cli
 
 FAST = ["model.steps=2", "progress=false", "vision.cache=off", "seam_metric=false"]
 
-# case -> ("done", audio seconds, frames skipped > 0) or ("failed", words of the reason). Audio lasts
-# what the release's length rule gives: the last segment's picked 25 fps frames / 25 s (a frame short of
-# the header duration on these clips; a truncated file ends where its last decodable frame does)
+# case -> ("done", audio seconds, frames skipped > 0) or ("failed", words of the reason). Videos of one
+# segment (up to 5 s) get the release's length: picked 25 fps frames / 25 s, a frame short of the header
+# here; longer ones are sampled jointly (seam=joint) on the timeline of the header duration
 EXPECTED = {
-    "clean mp4": ("done", 11.96, False),
-    "bytes overwritten mp4 (3 places)": ("done", 11.96, True),
-    "bytes overwritten mkv (3 places)": ("done", 11.96, True),
-    "bytes overwritten ts (3 places)": ("done", 11.96, True),
+    "clean mp4": ("done", 12.0, False),
+    "bytes overwritten mp4 (3 places)": ("done", 12.0, True),
+    "bytes overwritten mkv (3 places)": ("done", 12.0, True),
+    "bytes overwritten ts (3 places)": ("done", 12.0, True),
     "truncated mp4 at 50% (index at end)": ("failed", "truncated"),
     "truncated faststart mp4 at 30%": ("failed", "no decodable video frame between"),
-    "truncated faststart mp4 at 90%": ("done", 10.8, False),
+    "truncated faststart mp4 at 90%": ("done", 12.0, False),
     "truncated mkv at 50%": ("failed", "no decodable video frame between"),
-    "truncated ts at 50%": ("done", 5.96, False),  # MPEG-TS has no duration header: the readable part counts
+    "truncated ts at 50%": ("done", 6.0, False),  # MPEG-TS has no duration header: the readable part counts
     "header only": ("failed", "no frames"),
     "zero-length video stream": ("failed", "no video stream"),
-    "wrong extension": ("done", 11.96, False),
+    "wrong extension": ("done", 12.0, False),
     "audio only": ("failed", "no video stream"),
-    "variable frame rate": ("done", 5.922, False),
+    "variable frame rate": ("done", 5.962, False),
     "rotation 90": ("done", 3.96, False),
     "1x1 frames": ("done", 2.96, False),
     "odd size 33x17": ("done", 2.96, False),
