@@ -33,6 +33,7 @@ commands:
             failing rank's code (2, 3, 4, 143) and prints its one line instead of torchrun's report
   plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH]
             per-stage memory, FLOPs and time share, recommended layout, whether it fits
+  convert   IN.pth OUT.safetensors   a release checkpoint as safetensors (memory-mapped, no pickle)
   plot-trace TRACE.json OUT.png [--setup --title T]   a run's trace as a Gantt chart (needs the plot extra)
 Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
 
@@ -128,6 +129,12 @@ def plan(overrides: list[str]) -> int:
     return plan_command(overrides)
 
 
+def convert(args: list[str]) -> int:
+    from foley_dist.tools.convert_checkpoint import main as convert_main
+
+    return convert_main(args)
+
+
 def plot_trace(args: list[str]) -> int:
     from foley_dist.tools.plot_trace import main as plot_main
 
@@ -140,7 +147,7 @@ def launch(argv: list[str]) -> int:
     return launch_main(argv)
 
 
-COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": plot_trace}
+COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": plot_trace, "convert": convert}
 
 
 def record_failure(code: int, line: str) -> int:

@@ -97,7 +97,7 @@ def random_part(spec: ModelSpec, part: str, seed: int, device: torch.device = to
 
 
 def find_weights(root: Path, stem: str) -> Path:
-    """`stem`.safetensors (preferred, see scripts/convert_checkpoint.py) or `stem`.pth under the release folder."""
+    """`stem`.safetensors (preferred, see `foley-dist convert`) or `stem`.pth under the release folder."""
     for suffix in (".safetensors", ".pth"):
         if (root / f"{stem}{suffix}").is_file():
             return root / f"{stem}{suffix}"

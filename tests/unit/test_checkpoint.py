@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
-from pathlib import Path
 
 import pytest
 import torch
@@ -12,9 +10,9 @@ from safetensors.torch import save_file
 from foley_dist.errors import FoleyError
 from foley_dist.models.checkpoint import load_into, load_state_dict
 from foley_dist.models.hunyuan_dit import HunyuanDiT, HunyuanDiTConfig
+from foley_dist.cli import main as cli_main
 from tests.reference import reference_file
 
-REPO = Path(__file__).resolve().parents[2]
 
 
 class Payload:
@@ -141,20 +139,17 @@ def test_nested_pickle_state_dict_and_prefix(tmp_path):
     assert torch.equal(load_state_dict(legacy)["a.weight"], inner["a.weight"])
 
 
-def test_convert_checkpoint_script(tmp_path, weights):
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", REPO / "scripts" / "convert_checkpoint.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
+def test_convert_command(tmp_path, weights, capsys):
     src, dst = tmp_path / "hunyuanvideo_foley.pth", tmp_path / "out" / "dit.safetensors"
     dst.parent.mkdir()
     tied = torch.arange(6.0).view(2, 3)
     state = {**weights, "tied.a": tied, "tied.b": tied[1]}  # shared storage, a non-contiguous-offset view
     torch.save({"model": state}, src)
-    script.main([str(src), str(dst)])
+    cli_main(["convert", str(src), str(dst)])
     assert [p.name for p in dst.parent.iterdir()] == ["dit.safetensors"]  # temp file renamed away
     back = load_state_dict(dst)
     assert back.keys() == state.keys() and all(torch.equal(back[k], v) for k, v in state.items())
     torch.save({"w": torch.zeros(1), "cfg": Payload()}, src)
-    with pytest.raises(FoleyError, match="refusing"):
-        script.main([str(src), str(tmp_path / "bad.safetensors")])
+    assert cli_main(["convert", str(src), str(tmp_path / "bad.safetensors")]) == 2
+    assert "refusing" in capsys.readouterr().err
     assert not (tmp_path / "bad.safetensors").exists()

@@ -11,7 +11,6 @@ real-size visual branch takes about a minute on one CPU thread.
 from __future__ import annotations
 
 import hashlib
-import importlib.util
 import json
 import shutil
 
@@ -30,7 +29,7 @@ from foley_dist.models.siglip import VisualEncoder, normalize_frames
 from foley_dist.preprocess import siglip_frame, sync_frame
 from foley_dist.stages import latent_frames
 from foley_dist.video import release_picks
-from tests.conftest import ROOT
+from foley_dist.cli import main as cli_main
 from tests.reference import OFFICIAL
 
 TOL = 1e-4
@@ -125,11 +124,8 @@ def test_dit_sampler_and_vae(release_dir, expected):
 def test_converted_vae_keeps_its_hyperparameters(release_dir, tmp_path, expected):
     """The release writes the VAE as {"state_dict", "metadata": {"kwargs"}}; the converter keeps the
     kwargs, so the .safetensors copy loads (it is preferred over the .pth) and decodes identically."""
-    spec = importlib.util.spec_from_file_location("convert_checkpoint", ROOT / "scripts" / "convert_checkpoint.py")
-    script = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(script)
     src = release_dir / "vae_128d_48k.pth"
-    script.main([str(src), str(tmp_path / "vae_128d_48k.safetensors")])
+    cli_main(["convert", str(src), str(tmp_path / "vae_128d_48k.safetensors")])
     pth, st = AudioDecoder.from_official(src), AudioDecoder.from_official(tmp_path / "vae_128d_48k.safetensors")
     assert pth.config == st.config and st.config.decoder_dim == 64
     with torch.inference_mode():

@@ -1,7 +1,6 @@
-#!/usr/bin/env python
 """Convert a torch checkpoint (.pth/.pt) into safetensors, e.g. the official hunyuanvideo_foley.pth.
 
-usage: convert_checkpoint.py IN.pth OUT.safetensors
+usage: foley-dist convert IN.pth OUT.safetensors
 The input is read with weights_only=True (a pickle holding anything but tensors is refused); a state
 dict nested under "state_dict"/"model"/... is unwrapped. An audiotools checkpoint's stored
 hyper-parameters (vae_128d_48k.pth: metadata.kwargs) are kept as JSON in the header metadata
@@ -13,7 +12,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 from pathlib import Path
 
 from safetensors.torch import save_file
@@ -50,8 +48,8 @@ def convert(src: Path, dst: Path) -> int:
     return len(state)
 
 
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="foley-dist convert", description=__doc__.splitlines()[0])
     parser.add_argument("src", type=Path)
     parser.add_argument("dst", type=Path)
     args = parser.parse_args(argv)
@@ -59,11 +57,4 @@ def main(argv: list[str] | None = None) -> None:
         raise FoleyError(f"output {args.dst} should end in .safetensors")
     count = convert(args.src, args.dst)
     print(f"wrote {count} tensors to {args.dst}")
-
-
-if __name__ == "__main__":
-    try:
-        main()
-    except FoleyError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(exc.exit_code)
+    return 0
