@@ -68,8 +68,9 @@ class FoleyResult:
     def save(self, path: str | os.PathLike, mux: bool = False) -> Path:
         """Write the audio (.wav float32 / .flac 24-bit) atomically; `mux` also writes PATH_STEM.muxed.EXT
         (EXT the input's container). Never over the input or a file foley-dist did not write (outpaths)."""
-        from foley_dist.output import AudioWriter, mux as mux_video
-        from foley_dist.outpaths import Output, check_outputs, default_mux_output
+        from foley_dist.audio.outpaths import Output, check_outputs, default_mux_output
+        from foley_dist.audio.output import AudioWriter
+        from foley_dist.audio.output import mux as mux_video
 
         path = Path(path)
         muxed = Path(default_mux_output(path, self.video)) if mux else None

@@ -19,7 +19,8 @@ import sys
 import time
 from pathlib import Path
 
-from foley_dist import config, transport
+from foley_dist import config
+from foley_dist.engine import transport
 from foley_dist.errors import FoleyError
 
 USAGE = """usage: foley-dist COMMAND [key=value ...]
@@ -63,8 +64,8 @@ def _print_summary(report: dict, written: str) -> None:
 
 
 def generate(overrides: list[str]) -> int:
+    from foley_dist.audio.output import write_json_atomic
     from foley_dist.jobs import generate_jobs, report_path
-    from foley_dist.output import write_json_atomic
 
     cfg = config.load("generate", overrides)
     jobs = generate_jobs(cfg)  # validates the input before the heavy model imports
@@ -85,9 +86,9 @@ def generate(overrides: list[str]) -> int:
 
 def batch(overrides: list[str]) -> int:
     from foley_dist.api import FoleyPipeline
+    from foley_dist.audio.output import write_json_atomic, write_jsonl_atomic
+    from foley_dist.audio.sink import skip_finished_jobs
     from foley_dist.jobs import batch_jobs, run_outputs
-    from foley_dist.output import write_json_atomic, write_jsonl_atomic
-    from foley_dist.sink import skip_finished_jobs
 
     cfg = config.load("batch", overrides)
     root = Path(cfg.output_root)
@@ -124,7 +125,7 @@ def batch(overrides: list[str]) -> int:
 
 
 def plan(overrides: list[str]) -> int:
-    from foley_dist.plan import plan_command
+    from foley_dist.planning.plan import plan_command
 
     return plan_command(overrides)
 

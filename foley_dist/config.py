@@ -93,7 +93,7 @@ class RunConfig:
     trace: Optional[str] = None  # Chrome/Perfetto trace path
     progress: bool = True
     mux: bool = False  # also write a copy of the video with the generated audio track (see mux_output)
-    seam: str = "joint"  # joint (one latent timeline, see foley_dist.joint) | crossfade (independent segments)
+    seam: str = "joint"  # joint (one latent timeline, see foley_dist.models.joint) | crossfade (independent segments)
     seam_metric: bool = True  # measure loudness/spectral jumps at segment boundaries into the report
     vision: VisionConfig = field(default_factory=VisionConfig)
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)

@@ -14,11 +14,11 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from foley_dist.audio.outpaths import Output, check_outputs, default_mux_output, job_outputs
 from foley_dist.config import BatchConfig, GenerateConfig, RunConfig
 from foley_dist.errors import FoleyError
-from foley_dist.outpaths import Output, check_outputs, default_mux_output, job_outputs
-from foley_dist.segments import SegmentPlan
-from foley_dist.video import VideoInfo, probe
+from foley_dist.media.segments import SegmentPlan
+from foley_dist.media.video import VideoInfo, probe
 
 MAX_SEGMENT_SECONDS = 15.0  # the longest clip HunyuanVideo-Foley was built for
 ITEM_OVERRIDES = {"model.steps": int, "model.guidance_scale": float, "model.negative_prompt": str}

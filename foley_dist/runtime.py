@@ -17,21 +17,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from foley_dist import transport
-from foley_dist.autolayout import choose_layout, predict_makespan
-from foley_dist.cache import file_identity
+from foley_dist.audio.output import MARK, write_json_atomic
+from foley_dist.audio.sink import Sink, finished_segments, joint_resume_state
 from foley_dist.config import LayoutConfig, RunConfig
+from foley_dist.engine import transport
+from foley_dist.engine.autolayout import choose_layout, predict_makespan
+from foley_dist.engine.message import Message
+from foley_dist.engine.metrics import RankStats, Recorder, chrome_trace, summarize
+from foley_dist.engine.pipeline import end_of_stream, execute, step_channel
+from foley_dist.engine.schedule import STAGES, Topology, build_schedule, expand_layout, peers
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
-from foley_dist.joint import link_neighbours
-from foley_dist.message import Message
-from foley_dist.metrics import Recorder, RankStats, chrome_trace, summarize
+from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
-from foley_dist.output import MARK, write_json_atomic
-from foley_dist.plan import stage_flops
-from foley_dist.pipeline import end_of_stream, execute, step_channel
-from foley_dist.schedule import STAGES, Topology, build_schedule, expand_layout, peers
-from foley_dist.sink import Sink, finished_segments, joint_resume_state
+from foley_dist.models.joint import link_neighbours
+from foley_dist.planning.estimates import stage_flops
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 

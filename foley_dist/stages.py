@@ -23,20 +23,20 @@ import numpy as np
 import torch
 from torch import nn
 
-from foley_dist import mediaguard
-from foley_dist.cache import FeatureCache, cache_root, feature_key, file_identity
 from foley_dist.config import VisionConfig
+from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
-from foley_dist.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
-from foley_dist.joint import LocalChannel, StepChannel, overlap_exchange, split_velocity, timeline_noise
-from foley_dist.message import Message
-from foley_dist.models.flow import sample
+from foley_dist.media import mediaguard
+from foley_dist.media.cache import FeatureCache, cache_root, feature_key, file_identity
+from foley_dist.media.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
+from foley_dist.media.preprocess import siglip_frame, sync_frame
+from foley_dist.media.segments import Segment
+from foley_dist.media.tiling import MAX_TILES, encode_tiled, plan_grid
+from foley_dist.media.video import decode_segment, iter_frames, probe, release_picks, sample_times
 from foley_dist.models.checkpoint import load_state_dict
+from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
-from foley_dist.preprocess import siglip_frame, sync_frame
-from foley_dist.segments import Segment
-from foley_dist.tiling import MAX_TILES, encode_tiled, plan_grid
-from foley_dist.video import decode_segment, iter_frames, probe, release_picks, sample_times
+from foley_dist.models.joint import LocalChannel, StepChannel, overlap_exchange, split_velocity, timeline_noise
 
 PREPROCESS_MODES = ("release", "fast")
 DUMP = "dump."  # prefix of tensors that only travel to be written by the sink (dump=DIR)
@@ -59,11 +59,11 @@ class VisionStage(nn.Module):
     """Decode the segment's frames and encode visual + sync features, or read them from the cache.
 
     `vision` picks the variants (see VisionConfig): tiled high-resolution visual encoding
-    (foley_dist.tiling), adaptive sync-frame sampling (foley_dist.framesampling) and the on-disk
-    feature cache (foley_dist.cache); `model_id` names the weights in the cache key. Every variant
+    (foley_dist.media.tiling), adaptive sync-frame sampling (foley_dist.media.framesampling) and the on-disk
+    feature cache (foley_dist.media.cache); `model_id` names the weights in the cache key. Every variant
     yields the same shapes: clip_feat [1, seconds * visual_fps, D], sync_feat [1, 24 * seconds, D].
     Meta gains `cached`, `sync_frames_saved` (fraction of 25 fps sync frames not decoded) and
-    `frames_skipped` (damaged or missing source frames in the segment, see foley_dist.mediaguard).
+    `frames_skipped` (damaged or missing source frames in the segment, see foley_dist.media.mediaguard).
     """
 
     name = "vision"
@@ -116,7 +116,7 @@ class VisionStage(nn.Module):
         return Message(msg.segment, tensors, {**msg.meta, **meta})
 
     def _release_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], int]:
-        """The release's frames and transforms (module foley_dist.preprocess), one full-size frame at a
+        """The release's frames and transforms (module foley_dist.media.preprocess), one full-size frame at a
         time; returns the features and the latent length the release derives from the sync frame count."""
         visual_size, sync_size = self.spec.visual.image_size, self.spec.sync.image_size
         visual, sync, visual_times, sync_times = [], [], [], []
@@ -254,7 +254,7 @@ def segment_noise(seed: int, segment: int, shape: tuple[int, ...]) -> torch.Tens
 class DiffusionStage(nn.Module):
     """Flow-matching sampling with classifier-free guidance, then the audio decoder.
 
-    `seam=joint` samples neighbouring segments of a job on one latent timeline (foley_dist.joint),
+    `seam=joint` samples neighbouring segments of a job on one latent timeline (foley_dist.models.joint),
     exchanging overlap latents every step through `channel`, which the runtime injects (a local one
     by default). `cfg_split` evaluates the CFG branches one at a time; with a channel whose `branch`
     is set (CFG-parallel) this rank evaluates only that branch and only branch 1's rank decodes audio.

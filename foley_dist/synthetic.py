@@ -23,13 +23,20 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
-from foley_dist import transport
-from foley_dist.joint import LocalChannel, StepChannel, link_neighbours, overlap_exchange, split_velocity, timeline_noise
-from foley_dist.message import Message
-from foley_dist.metrics import RankStats, Recorder
+from foley_dist.engine import transport
+from foley_dist.engine.message import Message
+from foley_dist.engine.metrics import RankStats, Recorder
+from foley_dist.engine.pipeline import end_of_stream, execute, step_channel
+from foley_dist.engine.schedule import Action, Topology, build_schedule, peers
 from foley_dist.models.flow import sample
-from foley_dist.pipeline import end_of_stream, execute, step_channel
-from foley_dist.schedule import Action, Topology, build_schedule, peers
+from foley_dist.models.joint import (
+    LocalChannel,
+    StepChannel,
+    link_neighbours,
+    overlap_exchange,
+    split_velocity,
+    timeline_noise,
+)
 
 SAMPLE_RATE = 48_000
 SEGMENT_SECONDS = 5.0

@@ -21,8 +21,8 @@ from pathlib import Path
 import yaml
 
 from foley_dist import FoleyPipeline
+from foley_dist.media.testclip import make_clip
 from foley_dist.models.hunyuan_config import HunyuanDiTConfig
-from foley_dist.testclip import make_clip
 
 
 def mid_config(folder: Path) -> Path:

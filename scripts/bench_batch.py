@@ -17,7 +17,7 @@ import sys
 import time
 from pathlib import Path
 
-from foley_dist.testclip import make_clip
+from foley_dist.media.testclip import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -17,7 +17,7 @@ import os
 import time
 from pathlib import Path
 
-from foley_dist import cache
+from foley_dist.media import cache
 
 CHUNK = 1 << 20
 

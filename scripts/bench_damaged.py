@@ -2,7 +2,7 @@
 
     python scripts/bench_damaged.py --json out/bench_damaged.json
 
-Each case (foley_dist.testclip.damaged_cases) runs `foley-dist generate` in one process on the tiny
+Each case (foley_dist.media.testclip.damaged_cases) runs `foley-dist generate` in one process on the tiny
 model (2 steps): the time is the whole command, start-up included.
 """
 
@@ -17,7 +17,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from foley_dist.testclip import damaged_cases
+from foley_dist.media.testclip import damaged_cases
 
 
 def run_case(video: Path, out: Path) -> dict:

@@ -20,7 +20,7 @@ from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
 
-from foley_dist.segments import SegmentPlan
+from foley_dist.media.segments import SegmentPlan
 
 TASKS = {  # name: (fps, (height, width), mode)
     "siglip": (8.0, (512, 512), "resize"),
@@ -64,7 +64,7 @@ def _cpu_s() -> float:
 
 
 def _run(path: str, decoder_name: str, task: str, repeats: int, segment_seconds: float, overlap: float) -> Result:
-    from foley_dist import video
+    from foley_dist.media import video
 
     decoder, thread_type = DECODERS[decoder_name]
     video.PYAV_THREAD_TYPE = thread_type
@@ -96,7 +96,7 @@ def main() -> None:
 
     path = args.video or "out/bench_4k_12s.mp4"
     if not os.path.exists(path):
-        from foley_dist.testclip import make_clip
+        from foley_dist.media.testclip import make_clip
 
         Path(path).parent.mkdir(parents=True, exist_ok=True)
         start = time.perf_counter()

@@ -20,7 +20,7 @@ from pathlib import Path
 
 import psutil
 
-from foley_dist.testclip import make_audio_only, make_clip
+from foley_dist.media.testclip import make_audio_only, make_clip
 
 FAST = ["progress=false", "vision.cache=off", "seam_metric=false", "hardware.timeout_s=20"]
 

@@ -46,9 +46,10 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
-from foley_dist import autolayout, synthetic, transport
-from foley_dist.message import Message
-from foley_dist.schedule import STAGES, Action, Topology, build_schedule
+from foley_dist import synthetic
+from foley_dist.engine import autolayout, transport
+from foley_dist.engine.message import Message
+from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule
 
 
 @dataclass
@@ -273,7 +274,7 @@ def _generate(video: Path, out: Path, layout: list[str], world: int, steps: int,
 
 
 def part_model(args, workdir: Path) -> list[Run]:
-    from foley_dist.testclip import make_clip
+    from foley_dist.media.testclip import make_clip
 
     video = make_clip(workdir / "clip.mp4", seconds=args.clip_seconds, width=160, height=96, fps=24, seed=3)
     single = ["+".join(STAGES)]

@@ -6,9 +6,9 @@ encoders' inputs both ways, the encoders left out:
 
     release  the release's frame picks (first frame at or after accumulated k / fps targets), each as
              full-size RGB, PIL bilinear 512x512 (SigLIP2) and antialiased bicubic short side 224 +
-             centre crop (Synchformer) -- foley_dist.video.release_picks + foley_dist.preprocess
+             centre crop (Synchformer) -- foley_dist.media.video.release_picks + foley_dist.media.preprocess
     fast     the frame on screen at k / fps, scaled by swscale straight from the decoded planes
-             -- foley_dist.video.decode_segment
+             -- foley_dist.media.video.decode_segment
 
 Each (resolution, mode) runs in a fresh process: time = decode + preprocess of the segment; peak =
 peak RSS (VmHWM, reset after the imports) minus RSS then. The parent compares fast against release:
@@ -31,7 +31,7 @@ import sys
 import time
 from pathlib import Path
 
-from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
+from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 
 RESOLUTIONS = {"360p": (640, 360), "1080p": (1920, 1080), "2160p": (3840, 2160)}
 MODES = ("release", "fast")
@@ -43,9 +43,9 @@ def inputs(path: str, mode: str):
     and the source times of their frames."""
     import torch
 
-    from foley_dist import video
-    from foley_dist.preprocess import siglip_frame, sync_frame
-    from foley_dist.segments import Segment
+    from foley_dist.media import video
+    from foley_dist.media.preprocess import siglip_frame, sync_frame
+    from foley_dist.media.segments import Segment
 
     if mode == "fast":
         seg = Segment(0, 0.0, 5.0)
@@ -79,7 +79,7 @@ def rel(a, b) -> float:
 
 def scaling_errors(path: str, times: dict, release: dict) -> dict[str, float]:
     """Fast scaling of the very frames the release picked (decode_segment at their timestamps)."""
-    from foley_dist import video
+    from foley_dist.media import video
     from foley_dist.models.siglip import normalize_frames
 
     visual = video.decode_segment(path, times["visual"], (512, 512), "resize")
@@ -119,7 +119,7 @@ def main() -> None:
         return
     import torch
 
-    from foley_dist.testclip import make_clip
+    from foley_dist.media.testclip import make_clip
 
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,5 @@
 """Peak host memory and wall time of the vision stage's frame decoding, per source resolution, with
-the planner's estimate (foley_dist.plan.decode_memory) beside each measurement.
+the planner's estimate (foley_dist.planning.estimates.decode_memory) beside each measurement.
 
 The same 10 s clip (moving shapes, H.264) is written at each resolution; every segment of its plan is
 decoded for SigLIP (8 fps, 512 x 512 resize) and Synchformer (25 fps, 224 x 224 centre crop), the
@@ -7,8 +7,8 @@ encoders left out, three ways:
 
     naive  decode each sampled frame to full-resolution RGB into one [T, H, W, 3] array (as a
            decord `get_batch` pipeline does), then resize
-    model  foley_dist.video.decode_segment: swscale scales straight to model resolution
-    tiled  foley_dist.tiling: stream working-resolution frames (video.iter_frames), cut and resize tiles
+    model  foley_dist.media.video.decode_segment: swscale scales straight to model resolution
+    tiled  foley_dist.media.tiling: stream working-resolution frames (video.iter_frames), cut and resize tiles
            (the tile encoder is a stand-in that just subsamples: the SigLIP cost is not decoding)
     decoder the decoder alone: frames converted to 16 x 16 and dropped; the planner's decoder
            constants (DECODER_BASE, DECODER_FRAMES) are fitted on these rows
@@ -29,7 +29,7 @@ import sys
 import time
 from pathlib import Path
 
-from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
+from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 
 RESOLUTIONS = ("360p", "480p", "720p", "1080p", "1440p", "2160p")
 MODES = ("naive", "model", "tiled", "decoder")
@@ -45,7 +45,7 @@ def naive_pass(path: str, times: list[float], side: int, crop: bool):
     import torch
     import torch.nn.functional as F
 
-    from foley_dist import video
+    from foley_dist.media import video
 
     info = video.probe(path)
     frames = torch.empty(len(times), 3, info.height, info.width, dtype=torch.uint8)
@@ -62,10 +62,10 @@ def child(mode: str, path: str) -> None:
     """Decode every segment of `path` the `mode` way in this fresh process; prints one JSON line."""
     import torch
 
-    from foley_dist import tiling, video
     from foley_dist.config import VisionConfig
+    from foley_dist.media import tiling, video
+    from foley_dist.media.segments import SegmentPlan
     from foley_dist.models.foley import ModelSpec
-    from foley_dist.segments import SegmentPlan
 
     torch.set_num_threads(1)
     spec, vision = ModelSpec.named(SPEC), VisionConfig()
@@ -118,9 +118,9 @@ def main() -> None:
         child(*args.child)
         return
 
-    from foley_dist import plan
+    from foley_dist.media.testclip import make_clip
     from foley_dist.models.foley import ModelSpec
-    from foley_dist.testclip import make_clip
+    from foley_dist.planning import estimates, plan
 
     spec, rows = ModelSpec.named(SPEC), []
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
@@ -140,7 +140,7 @@ def main() -> None:
             if out.returncode:
                 raise RuntimeError(f"{name} {mode} failed:\n{out.stderr[-3000:]}")
             m = json.loads(out.stdout.strip().splitlines()[-1])
-            estimate = plan.decoder_bytes(width, height) if mode == "decoder" else plan.decode_memory(spec, 5.0, width, height, mode)
+            estimate = estimates.decoder_bytes(width, height) if mode == "decoder" else estimates.decode_memory(spec, 5.0, width, height, mode)
             rows.append({"resolution": name, "width": width, "height": height, "mode": mode, "peak_mb": m["peak"] / MB,
                          "plan_mb": estimate / MB, "error": estimate / m["peak"] - 1, "wall_s": m["wall_s"],
                          "realtime": SECONDS / m["wall_s"], "clip_encode_s": encode_s})
@@ -149,7 +149,7 @@ def main() -> None:
                   f"{r['error']:>+7.1%} {r['wall_s']:>9.2f} {r['realtime']:>10.1f}", flush=True)
     base, frames = fit_decoder(rows)
     print(f"\nfitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
-          f"(planner uses {plan.DECODER_BASE / MB:.1f} MB, {plan.DECODER_FRAMES}); clip encode seconds: "
+          f"(planner uses {estimates.DECODER_BASE / MB:.1f} MB, {estimates.DECODER_FRAMES}); clip encode seconds: "
           + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)

@@ -23,9 +23,8 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from foley_dist.seam import seam_report
-from foley_dist.segments import SegmentPlan
-from foley_dist.testclip import make_clip
+from foley_dist.audio.seam import seam_report
+from foley_dist.media.testclip import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
 

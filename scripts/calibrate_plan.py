@@ -1,4 +1,4 @@
-"""Check foley_dist.plan's memory estimates against the measured peak RSS of each stage on CPU.
+"""Check foley_dist.planning.plan's memory estimates against the measured peak RSS of each stage on CPU.
 
 Each (model, stage) runs in a fresh process: import foley_dist.stages, read RSS (the framework
 baseline) and reset the peak mark (/proc/self/clear_refs: ru_maxrss cannot be reset, so an import
@@ -25,7 +25,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from foley_dist.metrics import peak_rss_since_reset, reset_peak_rss
+from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 from foley_dist.models.clap import TextEncoderConfig
 from foley_dist.models.dac_vae import DacDecoderConfig
 from foley_dist.models.foley import ModelSpec
@@ -66,7 +66,7 @@ def child(model: str, stage: str, clip: str) -> None:
     import torch
 
     from foley_dist.config import VisionConfig
-    from foley_dist.message import Message
+    from foley_dist.engine.message import Message
     from foley_dist.models.clap import TextEncoder
     from foley_dist.models.dac_vae import AudioDecoder
     from foley_dist.models.hunyuan_dit import HunyuanDiT
@@ -133,19 +133,19 @@ def main() -> None:
         child(*args.child)
         return
 
-    from foley_dist import plan
-    from foley_dist.schedule import STAGES
-    from foley_dist.testclip import make_clip
+    from foley_dist.engine.schedule import STAGES
+    from foley_dist.media.testclip import make_clip
+    from foley_dist.planning import estimates
 
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         clip = str(make_clip(Path(tmp) / "clip.mp4", seconds=SECONDS, width=CLIP_SIZE[0], height=CLIP_SIZE[1], fps=25))
         for model in args.models:
-            est = plan.estimate_stages(SPECS[model](), "fp32", SECONDS, *CLIP_SIZE, STEPS, 4.5)
+            est = estimates.estimate_stages(SPECS[model](), "fp32", SECONDS, *CLIP_SIZE, STEPS, 4.5)
             for stage in STAGES:
                 e, m = est[stage], {a: measure(model, stage, clip, a) for a in ALLOCATORS}
                 t, g = m["tensors"], m["glibc"]
-                work = e.cpu_rss() - plan.FRAMEWORK_RSS - e.weights
+                work = e.cpu_rss() - estimates.FRAMEWORK_RSS - e.weights
                 rows.append({
                     "model": model, "stage": stage, "framework_rss_mb": g["baseline"] / MB,
                     "cpu_work_structural_mb": e.cpu_work / MB, "weights_est_mb": e.weights / MB, "weights_meas_mb": (t["built"] - t["baseline"]) / MB,
@@ -163,13 +163,13 @@ def main() -> None:
     print(f"\nbest fit over these rows: RUNTIME_OVERHEAD {overhead:.1f} MB, ACTIVATION_FACTOR {factor:.2f} "
           f"(worst error {worst:.1%})")
     print(f"estimate / measured peak RSS over the import baseline, MB (fixed mmap threshold: RSS follows the tensors); "
-          f"worst error {max(abs(r['error']) for r in rows):.1%}\nconstants: FRAMEWORK_RSS {plan.FRAMEWORK_RSS / MB:.0f} MB, "
-          f"RUNTIME_OVERHEAD {plan.RUNTIME_OVERHEAD / MB:.0f} MB, ACTIVATION_FACTOR {plan.ACTIVATION_FACTOR}")
+          f"worst error {max(abs(r['error']) for r in rows):.1%}\nconstants: FRAMEWORK_RSS {estimates.FRAMEWORK_RSS / MB:.0f} MB, "
+          f"RUNTIME_OVERHEAD {estimates.RUNTIME_OVERHEAD / MB:.0f} MB, ACTIVATION_FACTOR {estimates.ACTIVATION_FACTOR}")
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "framework_rss": plan.FRAMEWORK_RSS,
-                                               "runtime_overhead": plan.RUNTIME_OVERHEAD,
-                                               "activation_factor": plan.ACTIVATION_FACTOR}, indent=1))
+        Path(args.json).write_text(json.dumps({"rows": rows, "framework_rss": estimates.FRAMEWORK_RSS,
+                                               "runtime_overhead": estimates.RUNTIME_OVERHEAD,
+                                               "activation_factor": estimates.ACTIVATION_FACTOR}, indent=1))
 
 
 if __name__ == "__main__":

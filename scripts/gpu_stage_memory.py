@@ -20,9 +20,9 @@ import time
 import torch
 
 from foley_dist.config import ModelConfig, VisionConfig
-from foley_dist.message import Message
+from foley_dist.engine.message import Message
 from foley_dist.models.foley import ModelSpec, random_part
-from foley_dist.plan import PlanConfig, make_plan
+from foley_dist.planning.plan import PlanConfig, make_plan
 from foley_dist.runtime import autocast_dtype, sync_autocast_dtype
 from foley_dist.stages import DiffusionStage, FusionStage, VisionStage
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import time
 
-from foley_dist.testclip import make_clip
+from foley_dist.media.testclip import make_clip
 
 
 def main() -> None:

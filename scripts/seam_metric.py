@@ -11,8 +11,8 @@ import argparse
 
 import soundfile as sf
 
-from foley_dist.output import write_json_atomic
-from foley_dist.seam import KEYS, seam_report
+from foley_dist.audio.output import write_json_atomic
+from foley_dist.audio.seam import KEYS, seam_report
 
 
 def _floats(text: str) -> list[float]:

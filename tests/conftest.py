@@ -40,7 +40,7 @@ def media_dir(tmp_path_factory) -> Path:
 @pytest.fixture(scope="session")
 def clip12(media_dir) -> Path:
     """12 s, small frame size: three 5 s segments with 1 s overlap (the last shifted back)."""
-    from foley_dist.testclip import make_clip
+    from foley_dist.media.testclip import make_clip
 
     return make_clip(media_dir / "clip12.mp4", seconds=12, width=160, height=96, fps=24, seed=1)
 
@@ -50,7 +50,6 @@ def release_dir(tmp_path_factory) -> Path:
     """The tiny random release folder of tests/data/reference/official_pipeline (seed 2718), written
     once per session by our own generator (~1 GB, mostly the real-size Synchformer)."""
     from foley_dist.models.release_folder import write_release
-
     from tests.reference import OFFICIAL
 
     root = tmp_path_factory.mktemp("release")

@@ -46,7 +46,7 @@ def sample(velocity_fn: VelocityFn, noise: Tensor, steps: int, guidance_scale: f
     its conditioning must be ordered) and t [2B]; otherwise one branch: x [B], t [B].
     `progress(done, steps)` is called after every step.
 
-    `exchange(step, x) -> x` (joint sampling, foley_dist.joint): called with the state at sigmas[step]
+    `exchange(step, x) -> x` (joint sampling, foley_dist.models.joint): called with the state at sigmas[step]
     before each velocity evaluation and once more at sigma 0 (step == steps); it may replace frames
     shared with a neighbouring segment and hand its own on.
     """

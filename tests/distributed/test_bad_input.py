@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from foley_dist.testclip import make_audio_only, make_corrupt, make_empty, make_no_frames
+from foley_dist.media.testclip import make_audio_only, make_corrupt, make_empty, make_no_frames
 from tests.conftest import run_cli
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import soundfile as sf
 
-from foley_dist.testclip import damaged_cases
+from foley_dist.media.testclip import damaged_cases
 from tests.conftest import run_cli
 
 FAST = ["model.steps=2", "progress=false", "vision.cache=off", "seam_metric=false"]

@@ -16,7 +16,7 @@ import psutil
 import pytest
 import soundfile as sf
 
-from foley_dist.testclip import make_audio_only, make_clip, make_corrupt, make_empty
+from foley_dist.media.testclip import make_audio_only, make_clip, make_corrupt, make_empty
 from tests.conftest import ROOT, run_cli
 from tests.distributed.ranks import free_port
 

@@ -15,7 +15,7 @@ import pytest
 import soundfile as sf
 
 from foley_dist import synthetic
-from foley_dist.testclip import make_clip
+from foley_dist.media.testclip import make_clip
 from tests.conftest import run_cli
 from tests.distributed.ranks import run_ranks
 

@@ -9,7 +9,7 @@ import signal
 import subprocess
 import sys
 
-from foley_dist.testclip import make_audio_only, make_clip
+from foley_dist.media.testclip import make_audio_only, make_clip
 from tests.conftest import ROOT
 from tests.distributed.test_farm import _rank_process, _wait_for
 

@@ -80,7 +80,7 @@ def test_layout_world_size_mismatch_is_a_clear_error(clip12, tmp_path):
 
 def test_4k_clip_streams_with_bounded_memory_per_rank(media_dir, tmp_path):
     """A 12 s 3840x2160 clip on 3 ranks: frames are decoded per segment straight at encoder size."""
-    from foley_dist.testclip import make_clip
+    from foley_dist.media.testclip import make_clip
 
     clip = make_clip(media_dir / "uhd.mp4", seconds=12, width=3840, height=2160, fps=24, seed=2)
     _, _, report = _generate(clip, tmp_path / "uhd.wav", nproc=3, extra=["model.steps=2"])

@@ -6,10 +6,11 @@ import time
 
 import torch.distributed as dist
 
-from foley_dist import synthetic, transport
-from foley_dist.metrics import Recorder
-from foley_dist.pipeline import end_of_stream, execute
-from foley_dist.schedule import Topology, build_schedule, peers
+from foley_dist import synthetic
+from foley_dist.engine import transport
+from foley_dist.engine.metrics import Recorder
+from foley_dist.engine.pipeline import end_of_stream, execute
+from foley_dist.engine.schedule import Topology, build_schedule, peers
 from tests.distributed.ranks import run_ranks
 
 REPLICATED = ["vision+fusion", "diffusion x3"]

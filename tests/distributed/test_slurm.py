@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
-from foley_dist.testclip import make_clip
+from foley_dist.media.testclip import make_clip
 from tests.conftest import ROOT, run_cli
 from tests.distributed.ranks import free_port
 from tests.distributed.test_farm import _wait_for

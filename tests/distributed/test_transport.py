@@ -5,8 +5,8 @@ import time
 
 import torch
 
-from foley_dist import transport
-from foley_dist.message import Message
+from foley_dist.engine import transport
+from foley_dist.engine.message import Message
 from tests.distributed.ranks import run_ranks
 
 

@@ -10,7 +10,7 @@ import torch
 from safetensors.torch import load_file
 
 from foley_dist.config import GenerateConfig, ModelConfig
-from foley_dist.message import Message
+from foley_dist.engine.message import Message
 from foley_dist.models.foley import ModelSpec
 from foley_dist.runtime import build_stages
 from tests.conftest import run_cli

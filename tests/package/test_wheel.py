@@ -54,7 +54,7 @@ def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     plan = _run([cli, "plan", "resolution=720p", "duration=20", "model=hunyuan_xl", "gpus=2", "gpu_memory=80GB"], cwd=work)
     assert "layout:" in plan.stdout and "fits: yes" in plan.stdout
 
-    _run([py, "-c", "from foley_dist.testclip import make_clip; make_clip('clip.mp4', seconds=3, width=64, height=48, fps=12)"], cwd=work)
+    _run([py, "-c", "from foley_dist.media.testclip import make_clip; make_clip('clip.mp4', seconds=3, width=64, height=48, fps=12)"], cwd=work)
     _run([cli, "generate", "video=clip.mp4", "prompt=rain", "output=out/rain.wav", "model.steps=2", "progress=false",
           "vision.cache=off", "seam_metric=false"], cwd=work)
     import soundfile as sf

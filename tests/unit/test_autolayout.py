@@ -2,9 +2,9 @@
 
 import pytest
 
-from foley_dist.autolayout import candidate_layouts, choose_layout, period, predict_makespan
+from foley_dist.engine.autolayout import candidate_layouts, choose_layout, period, predict_makespan
+from foley_dist.engine.schedule import Topology
 from foley_dist.errors import FoleyError
-from foley_dist.schedule import Topology
 
 COSTS = {"vision": 0.12, "fusion": 0.015, "diffusion": 0.6}
 # A rank holds the DiT (+VAE) and the text encoder, but not the DiT and the video encoders.

@@ -4,6 +4,7 @@ LRU eviction under the size bound, and two processes writing one key at once."""
 from __future__ import annotations
 
 import os
+import shutil
 import subprocess
 import sys
 import textwrap
@@ -12,10 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from foley_dist import cache
-import shutil
-
-from foley_dist.cache import FeatureCache, cache_root, feature_key, file_identity
+from foley_dist.media import cache
+from foley_dist.media.cache import FeatureCache, cache_root, feature_key, file_identity
 
 KEY = "ab" * 32
 SETTINGS = {"model": "tiny:0", "tiling": None}
@@ -175,7 +174,7 @@ def test_concurrent_writers_of_one_key(tmp_path: Path):
     script = textwrap.dedent(f"""
         import os, sys, time, torch
         from pathlib import Path
-        from foley_dist.cache import FeatureCache
+        from foley_dist.media.cache import FeatureCache
         store = FeatureCache(sys.argv[1], 1 << 30)
         Path(sys.argv[2], str(os.getpid())).touch()
         while len(os.listdir(sys.argv[2])) < 2:  # start barrier: both processes have imported torch

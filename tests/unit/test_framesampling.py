@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import torch
 
-from foley_dist import framesampling as fs
-from foley_dist import testclip
-from foley_dist.segments import Segment
-from foley_dist.video import decode_segment, sample_times
+from foley_dist.media import framesampling as fs
+from foley_dist.media import testclip
+from foley_dist.media.segments import Segment
+from foley_dist.media.video import decode_segment, sample_times
 
 SEG = Segment(0, 0.0, 5.0)
 GRID = sample_times(SEG, 25)  # 125 sync frames

@@ -5,17 +5,17 @@ import numpy as np
 import pytest
 import torch
 
+from foley_dist.audio.stitch import Stitcher
 from foley_dist.config import ModelConfig
+from foley_dist.engine.autolayout import predict_makespan
+from foley_dist.engine.message import Message
+from foley_dist.engine.schedule import Topology, build_schedule, peers, step_links
 from foley_dist.errors import FoleyError
-from foley_dist.joint import BLOCK, LocalChannel, link_neighbours, shared_frames, timeline_noise
-from foley_dist.message import Message
+from foley_dist.media.segments import SegmentPlan
 from foley_dist.models.flow import flow_schedule, sample
 from foley_dist.models.foley import ModelSpec, build_parts
-from foley_dist.schedule import Topology, build_schedule, peers, step_links
-from foley_dist.autolayout import predict_makespan
-from foley_dist.segments import SegmentPlan
+from foley_dist.models.joint import BLOCK, LocalChannel, link_neighbours, shared_frames, timeline_noise
 from foley_dist.stages import DiffusionStage
-from foley_dist.stitch import Stitcher
 
 
 @pytest.fixture(scope="module")
@@ -162,7 +162,7 @@ def test_failed_item_still_relays_its_overlaps(parts):
 def test_joint_resume_state_keeps_the_finished_prefix_and_its_tails(tmp_path):
     from types import SimpleNamespace
 
-    from foley_dist.sink import joint_resume_state, parts_dir
+    from foley_dist.audio.sink import joint_resume_state, parts_dir
 
     job = SimpleNamespace(output=str(tmp_path / "out.wav"), key="k", plan=SegmentPlan.build(17.0, 5.0, 1.0))
     assert joint_resume_state(job) == (set(), None)

@@ -6,9 +6,9 @@ from __future__ import annotations
 import av
 import pytest
 
-from foley_dist import mediaguard, video
 from foley_dist.errors import FoleyError
-from foley_dist.testclip import damage, make_clip, make_plain
+from foley_dist.media import mediaguard, video
+from foley_dist.media.testclip import damage, make_clip, make_plain
 
 
 def _count(path) -> tuple[int, int]:

@@ -3,8 +3,8 @@
 import pytest
 import torch
 
-from foley_dist.message import Message
-from foley_dist.transport import HEADER_BYTES, decode_header, encode_header, pack, payload_bytes, unpack
+from foley_dist.engine.message import Message
+from foley_dist.engine.transport import HEADER_BYTES, decode_header, encode_header, pack, payload_bytes, unpack
 
 
 @pytest.mark.parametrize("tensors", [

@@ -18,18 +18,18 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
+from foley_dist.cli import main as cli_main
 from foley_dist.config import ModelConfig
 from foley_dist.errors import FoleyError
+from foley_dist.media.preprocess import siglip_frame, sync_frame
+from foley_dist.media.video import release_picks
 from foley_dist.models.clap import TextEncoder
 from foley_dist.models.dac_vae import AudioDecoder
 from foley_dist.models.flow import flow_schedule, sample
 from foley_dist.models.foley import ModelSpec, build_parts
 from foley_dist.models.hunyuan_config import HunyuanDiTConfig
 from foley_dist.models.siglip import VisualEncoder, normalize_frames
-from foley_dist.preprocess import siglip_frame, sync_frame
 from foley_dist.stages import latent_frames
-from foley_dist.video import release_picks
-from foley_dist.cli import main as cli_main
 from tests.reference import OFFICIAL
 
 TOL = 1e-4

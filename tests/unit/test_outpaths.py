@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from foley_dist.audio.outpaths import Output, check_outputs, default_mux_output
+from foley_dist.audio.output import AudioWriter, write_json_atomic
 from foley_dist.errors import FoleyError
-from foley_dist.output import AudioWriter, write_json_atomic
-from foley_dist.outpaths import Output, check_outputs, default_mux_output
 
 
 def _audio(path: Path) -> Output:

@@ -12,8 +12,8 @@ import pytest
 import soundfile as sf
 import torch
 
+from foley_dist.audio.output import AudioWriter, mux, write_json_atomic
 from foley_dist.errors import FoleyError
-from foley_dist.output import AudioWriter, mux, write_json_atomic
 
 SR = 16000
 FPS = 25

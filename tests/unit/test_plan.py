@@ -8,15 +8,15 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from foley_dist import plan
 from foley_dist.config import VisionConfig, load
+from foley_dist.engine.schedule import Topology
 from foley_dist.errors import FoleyError
 from foley_dist.models.dac_vae import AudioDecoder
 from foley_dist.models.foley import ModelSpec
 from foley_dist.models.hunyuan_dit import HunyuanDiT
 from foley_dist.models.siglip import VisualEncoder
 from foley_dist.models.synchformer import SyncEncoder
-from foley_dist.schedule import Topology
+from foley_dist.planning import estimates, plan
 
 
 def _cfg(*overrides: str) -> plan.PlanConfig:
@@ -29,15 +29,15 @@ def xxl() -> ModelSpec:
 
 
 def test_weights_are_parameter_counts_times_bytes(xxl):
-    params = plan.part_params(xxl)
-    est = plan.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
+    params = estimates.part_params(xxl)
+    est = estimates.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
     assert est["vision"].weights == 4 * (params["visual"] + params["sync"])
     # fusion builds only the DiT's condition projections (fp32, as the runtime keeps them)
     assert est["fusion"].weights == 4 * params["text"] + 4 * params["dit_condition"]
     assert params["dit_condition"] < 0.01 * params["dit"]
     assert est["diffusion"].weights == 2 * params["dit"] + 4 * params["vae"]
     assert 10.2e9 < 2 * params["dit"] < 10.35e9  # XXL DiT in bf16: ~10.3 GB
-    fp32 = plan.estimate_stages(xxl, "fp32", 5.0, 1920, 1080, 50, 4.5, params=params)
+    fp32 = estimates.estimate_stages(xxl, "fp32", 5.0, 1920, 1080, 50, 4.5, params=params)
     assert fp32["diffusion"].weights - est["diffusion"].weights == 2 * params["dit"]
 
 
@@ -46,10 +46,10 @@ def test_encoder_and_decoder_flops_match_torch_flop_counter():
     visual, sync, vae = VisualEncoder.from_config(spec.visual), SyncEncoder(spec.sync).eval(), AudioDecoder(spec.vae).eval()
     runs = [
         (lambda: visual(torch.zeros(4, 3, spec.visual.image_size, spec.visual.image_size, dtype=torch.uint8)),
-         plan.visual_flops(spec.visual, 4)),
+         estimates.visual_flops(spec.visual, 4)),
         (lambda: sync(torch.zeros(25, 3, spec.sync.image_size, spec.sync.image_size, dtype=torch.uint8)),
-         plan.sync_flops(spec.sync, 25)),
-        (lambda: vae(torch.zeros(1, 128, 50)), plan.vae_flops(spec.vae, 50)),
+         estimates.sync_flops(spec.sync, 25)),
+        (lambda: vae(torch.zeros(1, 128, 50)), estimates.vae_flops(spec.vae, 50)),
     ]
     for run, analytic in runs:
         with torch.no_grad(), FlopCounterMode(display=False) as counter:
@@ -60,24 +60,24 @@ def test_encoder_and_decoder_flops_match_torch_flop_counter():
 def test_dit_count_matches_the_module():
     spec = ModelSpec.named("tiny")
     with torch.device("meta"):
-        assert plan.part_params(spec)["dit"] == sum(p.numel() for p in HunyuanDiT(spec.dit).parameters())
+        assert estimates.part_params(spec)["dit"] == sum(p.numel() for p in HunyuanDiT(spec.dit).parameters())
 
 
 @pytest.mark.parametrize("tiling,small_size", [(False, (640, 360)), (True, (3840, 2160))])
 def test_only_the_decoder_grows_with_source_resolution(xxl, tiling, small_size):
     """Frames reach the encoders at model resolution; tiled encoding stops growing at MAX_TILES (4K)."""
     vision = VisionConfig(tiling=tiling)
-    small = plan.estimate_stages(xxl, "bf16", 5.0, *small_size, 50, 4.5, vision)
-    large = plan.estimate_stages(xxl, "bf16", 5.0, 7680, 4320, 50, 4.5, vision)
+    small = estimates.estimate_stages(xxl, "bf16", 5.0, *small_size, 50, 4.5, vision)
+    large = estimates.estimate_stages(xxl, "bf16", 5.0, 7680, 4320, 50, 4.5, vision)
     for stage in ("fusion", "diffusion"):
         assert small[stage] == large[stage]
     assert small["vision"].activations == large["vision"].activations
-    growth = plan.decoder_bytes(7680, 4320) - plan.decoder_bytes(*small_size)
+    growth = estimates.decoder_bytes(7680, 4320) - estimates.decoder_bytes(*small_size)
     assert 0 < large["vision"].host - small["vision"].host <= growth
 
 
 def test_decode_modes_at_4k(xxl):
-    naive, model, tiled = (plan.decode_memory(xxl, 5.0, 3840, 2160, m) for m in ("naive", "model", "tiled"))
+    naive, model, tiled = (estimates.decode_memory(xxl, 5.0, 3840, 2160, m) for m in ("naive", "model", "tiled"))
     assert naive > 10 * model  # 125 full-size RGB frames vs frames scaled in the decoder
     assert model < tiled < naive
 

@@ -3,7 +3,7 @@
 import json
 
 from foley_dist.cli import main
-from foley_dist.metrics import RankStats, Span, chrome_trace
+from foley_dist.engine.metrics import RankStats, Span, chrome_trace
 from foley_dist.tools import plot_trace as mod
 
 

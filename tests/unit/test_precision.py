@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from foley_dist.config import ModelConfig
-from foley_dist.message import Message
+from foley_dist.engine.message import Message
 from foley_dist.models.foley import ModelSpec, build_parts
 from foley_dist.stages import DiffusionStage, FusionStage
 

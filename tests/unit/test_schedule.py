@@ -4,8 +4,8 @@ from collections import Counter
 
 import pytest
 
+from foley_dist.engine.schedule import Topology, build_schedule, format_grid, peers
 from foley_dist.errors import FoleyError
-from foley_dist.schedule import Topology, build_schedule, format_grid, peers
 
 
 def test_pipeline_layout_groups_and_sink():

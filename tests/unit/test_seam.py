@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import soundfile as sf
 
-from foley_dist.seam import seam_report
+from foley_dist.audio.seam import seam_report
 
 SR = 16000
 ROOT = Path(__file__).resolve().parents[2]

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from foley_dist.errors import FoleyError
-from foley_dist.segments import Segment, SegmentPlan
+from foley_dist.media.segments import Segment, SegmentPlan
 
 
 def _spans(plan: SegmentPlan) -> list[tuple[float, float]]:

@@ -6,8 +6,8 @@ import numpy as np
 import pytest
 import torch
 
-from foley_dist.segments import SegmentPlan
-from foley_dist.stitch import Stitcher, equal_power_fade
+from foley_dist.audio.stitch import Stitcher, equal_power_fade
+from foley_dist.media.segments import SegmentPlan
 
 SR = 1000
 FREQ = 5.0

@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from foley_dist import testclip, tiling, video
+from foley_dist.media import testclip, tiling, video
+from foley_dist.media.video import decode_segment
 from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
-from foley_dist.video import decode_segment
 
 
 @pytest.fixture(scope="module")

@@ -14,9 +14,9 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from foley_dist import testclip, video
 from foley_dist.errors import FoleyError
-from foley_dist.segments import Segment
+from foley_dist.media import testclip, video
+from foley_dist.media.segments import Segment
 
 FPS = 25
 SECONDS = 4.0  # keyframes every 2 s, so a segment starting at 2.5 s exercises the seek
@@ -211,7 +211,7 @@ def test_bad_decode_arguments_are_rejected(clip: str):
 _MEMORY_PROBE = textwrap.dedent(
     """
     import sys
-    from foley_dist import video
+    from foley_dist.media import video
     def status_mb(field):  # not ru_maxrss: it survives exec and would report pytest's own peak
         return int(next(l for l in open("/proc/self/status") if l.startswith(field + ":")).split()[1]) / 1024
     path, decoder = sys.argv[1], sys.argv[2]

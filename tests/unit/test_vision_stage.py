@@ -13,10 +13,11 @@ import numpy as np
 import pytest
 import torch
 
-from foley_dist import stages, testclip
+from foley_dist import stages
 from foley_dist.config import ModelConfig, VisionConfig
+from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
-from foley_dist.message import Message
+from foley_dist.media import testclip
 from foley_dist.models.foley import ModelSpec, build_parts
 from foley_dist.stages import VisionStage
 

@@ -22,8 +22,8 @@ from pathlib import Path
 import av
 import soundfile as sf
 
+from foley_dist.audio.output import AUDIO_FORMATS, MARK, VIDEO_CONTAINERS
 from foley_dist.errors import FoleyError
-from foley_dist.output import AUDIO_FORMATS, MARK, VIDEO_CONTAINERS
 
 SAMPLE_BYTES = {".wav": 4, ".flac": 3}  # per mono sample: float32 WAV, 24-bit FLAC (an upper bound)
 SAMPLE_RATE = 48_000  # every model here decodes 48 kHz audio

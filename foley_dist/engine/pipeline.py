@@ -11,11 +11,11 @@ from typing import Protocol
 
 import torch
 
-from foley_dist import transport
+from foley_dist.engine import transport
+from foley_dist.engine.message import Message
+from foley_dist.engine.metrics import Recorder
+from foley_dist.engine.schedule import Action, Topology
 from foley_dist.errors import FoleyError
-from foley_dist.message import Message
-from foley_dist.metrics import Recorder
-from foley_dist.schedule import Action, Topology
 
 
 class Collector(Protocol):

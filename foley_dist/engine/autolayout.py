@@ -20,8 +20,8 @@ from collections import deque
 from itertools import combinations
 from typing import Sequence
 
+from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule
 from foley_dist.errors import FoleyError
-from foley_dist.schedule import STAGES, Action, Topology, build_schedule
 
 _TIE = 1e-6  # relative: makespans closer than this are ties, broken by simplicity
 

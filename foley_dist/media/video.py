@@ -2,7 +2,7 @@
 
 Release-exact picking (`release_picks`, the default path): the frames HunyuanVideo-Foley's own
 `get_frames_av` takes, as full-size RGB, one at a time, for the release-exact preprocessing in
-`foley_dist.preprocess`. The fast path below (`decode_segment`, `iter_frames`, vision.preprocess=fast):
+`foley_dist.media.preprocess`. The fast path below (`decode_segment`, `iter_frames`, vision.preprocess=fast):
 frames are scaled by FFmpeg's swscale straight from the decoder's YUV planes to the target size, so a
 4K frame never exists as a full-size RGB array (DESIGN.md invariant 3), and only the frames a segment
 asks for are converted. Both decoders pick frames with the same rule (`select_frames`):
@@ -30,9 +30,9 @@ import numpy as np
 import torch
 from av.video.reformatter import VideoReformatter
 
-from foley_dist import mediaguard
 from foley_dist.errors import FoleyError
-from foley_dist.segments import Segment
+from foley_dist.media import mediaguard
+from foley_dist.media.segments import Segment
 
 Mode = Literal["resize", "center_crop"]
 Decoder = Literal["pyav", "decord"]

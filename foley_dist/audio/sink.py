@@ -14,18 +14,21 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import soundfile as sf
 from tqdm import tqdm
 
+from foley_dist.audio.outpaths import parts_path
+from foley_dist.audio.output import AudioWriter, append_line, mux, save_array_atomic, save_tensors_atomic
+from foley_dist.audio.seam import seam_report
+from foley_dist.audio.stitch import Stitcher
+from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
-from foley_dist.jobs import Job
-from foley_dist.message import Message
-from foley_dist.output import AudioWriter, append_line, mux, save_array_atomic, save_tensors_atomic
-from foley_dist.outpaths import parts_path
-from foley_dist.seam import seam_report
-from foley_dist.stitch import Stitcher
+
+if TYPE_CHECKING:  # jobs sit above audio/: only their type is needed here
+    from foley_dist.jobs import Job
 
 
 def parts_dir(job: Job) -> Path:

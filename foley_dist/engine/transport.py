@@ -22,8 +22,8 @@ from datetime import timedelta
 import torch
 import torch.distributed as dist
 
+from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
-from foley_dist.message import Message
 
 HEADER_BYTES = 8192
 EAGER_BYTES = 4 << 20  # payload bytes carried in the frame: every message between stages of the real model fits

@@ -19,7 +19,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from foley_dist.segments import SegmentPlan
+from foley_dist.media.segments import SegmentPlan
 
 
 def equal_power_fade(n: int) -> tuple[np.ndarray, np.ndarray]:

@@ -21,7 +21,6 @@ from typing import Callable, Iterable
 import torch
 import torch.nn.functional as F
 
-
 MAX_TILES = 16  # tiles per frame: 4K gives a 5 x 3 grid of 224 px tiles over a 940 x 529 working frame
 
 Box = tuple[int, int, int, int]  # top, left, height, width in working-resolution pixels

@@ -1,0 +1,1 @@
+"""Audio out: the sink, stitching, the seam metric, atomic writers and muxing."""

@@ -1,0 +1,1 @@
+"""Resource planning: memory, FLOPs and layout advice before a job runs."""

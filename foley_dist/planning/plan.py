@@ -1,0 +1,231 @@
+"""Resource planner (`foley-dist plan`): model x precision x resolution x duration x GPUs -> memory per
+stage, time shares, layout, and whether it fits. The estimates themselves live in `estimates.py`;
+this module turns them into a recommended layout and the printed / JSON plan.
+"""
+
+
+from __future__ import annotations
+
+import re
+from dataclasses import asdict, dataclass, field
+from typing import Optional
+
+from hydra.core.config_store import ConfigStore
+
+from foley_dist import config
+from foley_dist.audio.output import write_json_atomic
+from foley_dist.config import ModelConfig, VisionConfig
+from foley_dist.engine.autolayout import choose_layout
+from foley_dist.engine.schedule import STAGES, Topology
+from foley_dist.errors import DoesNotFit, FoleyError
+from foley_dist.media.segments import SegmentPlan
+from foley_dist.media.video import probe
+from foley_dist.models.foley import ModelSpec
+from foley_dist.planning.estimates import (
+    ACTIVATION_FACTOR,
+    BYTES,
+    CUDA_CONTEXT,
+    DECODER_BASE,
+    DECODER_FRAMES,
+    FRAMEWORK_RSS,
+    RUNTIME_OVERHEAD,
+    StageEstimate,
+    estimate_stages,
+    part_params,
+    rank_gpu_bytes,
+    tile_grid,
+)
+
+RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080),
+               "1440p": (2560, 1440), "2160p": (3840, 2160), "4k": (3840, 2160)}
+_UNITS = {"": 1e9, "g": 1e9, "gb": 1e9, "gib": 2**30, "m": 1e6, "mb": 1e6, "mib": 2**20, "t": 1e12, "tb": 1e12,
+          "tib": 2**40}
+
+
+
+
+@dataclass
+class PlanConfig:
+    """`foley-dist plan` settings; `video` fills resolution and duration unless they are given."""
+
+    video: Optional[str] = None
+    resolution: Optional[str] = None  # 360p ... 2160p, 4k, or WIDTHxHEIGHT
+    duration: Optional[float] = None  # seconds
+    gpus: int = 1
+    gpu_memory: str = "80GB"  # per GPU; GB = 1e9 bytes (an "80GB" card holds ~85e9: planning errs low)
+    precision: str = "auto"  # auto (bf16: the planner plans for GPUs) | fp32 | bf16 | fp16
+    segment_seconds: float = 5.0
+    overlap_seconds: float = 1.0
+    json: Optional[str] = None  # also write the plan as JSON here
+    vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
+    model: ModelConfig = field(default_factory=ModelConfig)
+
+
+ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
+
+
+def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], precision: str, gpus: int,
+                     segments: int, budget: int) -> list[str]:
+    """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
+
+    choose_layout adds per-stage memory, which counts a shared DiT twice; so the unconstrained best
+    layout is checked exactly first, and only when it does not fit is the (conservative) additive
+    constraint used."""
+    costs = {s: float(e.flops) for s, e in est.items()}
+    layout = choose_layout(costs, gpus, segments)
+    topo = Topology.parse(layout, gpus)
+    if all(rank_gpu_bytes(g.stages, est, params, precision) <= budget for g in topo.groups):
+        return layout
+    memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
+    try:
+        return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT))
+    except FoleyError:
+        alone = ", ".join(f"{s} {e.gpu_bytes() / 1e9:.1f}" for s, e in est.items())
+        raise DoesNotFit(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU (stages alone need {alone} GB; "
+                         f"stages sharing a GPU add up): pass gpus={len(STAGES)} for one stage per GPU"
+                         + (" or precision=bf16" if precision == "fp32" else "")) from None
+
+
+# --- inputs ---------------------------------------------------------------------------------------------
+
+
+def parse_resolution(text: str) -> tuple[int, int]:
+    """'1080p', '4k' or '3840x2160' -> (width, height)."""
+    key = str(text).strip().lower()
+    if key in RESOLUTIONS:
+        return RESOLUTIONS[key]
+    match = re.fullmatch(r"(\d+)\s*x\s*(\d+)", key)
+    if match and int(match.group(1)) > 0 and int(match.group(2)) > 0:
+        return int(match.group(1)), int(match.group(2))
+    raise FoleyError(f"resolution={text!r} is not understood; use one of {', '.join(RESOLUTIONS)} or WIDTHxHEIGHT "
+                     "(e.g. resolution=3840x2160)")
+
+
+def parse_memory(text: str) -> int:
+    """'80GB', '24 GiB', '81920MiB' -> bytes (GB = 1e9, GiB = 2^30; a bare number is GB)."""
+    match = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([a-z]*)\s*", str(text).lower())
+    if not match or match.group(2) not in _UNITS or float(match.group(1)) <= 0:
+        raise FoleyError(f"gpu_memory={text!r} is not a memory size; use e.g. gpu_memory=80GB or gpu_memory=24GiB")
+    return int(float(match.group(1)) * _UNITS[match.group(2)])
+
+
+def resolve_precision(precision: str) -> str:
+    if precision == "auto":
+        return "bf16"
+    if precision not in BYTES:
+        raise FoleyError(f"precision={precision!r} is not one of auto, {', '.join(BYTES)}; bf16 is the GPU default")
+    return precision
+
+
+def source(cfg: PlanConfig) -> tuple[int, int, float]:
+    """(width, height, duration): explicit settings first, then the probed video."""
+    info = probe(cfg.video) if cfg.video is not None else None
+    if cfg.resolution is not None:
+        width, height = parse_resolution(cfg.resolution)
+    elif info is not None:
+        width, height = info.width, info.height
+    else:
+        raise FoleyError("no source resolution: pass resolution=1080p (or 3840x2160, ...) or video=PATH")
+    duration = cfg.duration if cfg.duration is not None else (info.duration if info is not None else None)
+    if duration is None:
+        raise FoleyError("no duration: pass duration=SECONDS (e.g. duration=600) or video=PATH")
+    if not duration > 0:
+        raise FoleyError(f"duration={duration} must be > 0 seconds; pass e.g. duration=600 or video=PATH")
+    return width, height, float(duration)
+
+
+# --- the plan -------------------------------------------------------------------------------------------
+
+
+def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int) -> str:
+    side, grid = spec.visual.image_size, tile_grid(vision, width, height)
+    if vision.tiling:
+        return (f"on: {len(grid.boxes)} tiles of {vision.tile_size} px over a {grid.width}x{grid.height} working frame "
+                f"+ the whole frame = {grid.images_per_frame}x the SigLIP work")
+    if not grid.boxes:
+        return f"off: {width}x{height} fits in one {vision.tile_size} px tile; tiling would add nothing"
+    return (f"off (default): the decoder scales {width}x{height} straight to {side}x{side} and no full-size frame "
+            f"exists; vision.tiling=true adds {len(grid.boxes)} tiles per frame for small details, at "
+            f"{grid.images_per_frame}x the SigLIP work")
+
+
+def make_plan(cfg: PlanConfig) -> dict:
+    """The plan as a JSON-ready dict; raises FoleyError for configurations that cannot run."""
+    if cfg.gpus < 1:
+        raise FoleyError(f"gpus={cfg.gpus}: the planner needs at least one GPU; pass gpus=1 or more")
+    spec = ModelSpec.for_config(cfg.model)
+    precision = resolve_precision(cfg.precision)
+    width, height, duration = source(cfg)
+    budget = parse_memory(cfg.gpu_memory)
+    segments = len(SegmentPlan.build(duration, cfg.segment_seconds, cfg.overlap_seconds))
+    params = part_params(spec)
+    est = estimate_stages(spec, precision, cfg.segment_seconds, width, height, cfg.model.steps, cfg.model.guidance_scale,
+                          cfg.vision, params)
+    too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
+    if too_big:
+        s = too_big[0]
+        hint = "precision=bf16, " if precision == "fp32" else ""
+        raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
+                         f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
+    layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
+    total_flops = sum(e.flops for e in est.values())
+    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": rank_gpu_bytes(g.stages, est, params, precision),
+              "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
+             for g in Topology.parse(layout, cfg.gpus).groups]
+    return {
+        "model": spec.name,
+        "precision": precision,
+        "precision_note": "DiT weights and activations in this precision; encoders, sampler state and audio decoder fp32",
+        "source": {"width": width, "height": height, "duration_s": duration, "video": cfg.video},
+        "segments": segments,
+        "segment_seconds": cfg.segment_seconds,
+        "gpus": cfg.gpus,
+        "gpu_memory_bytes": budget,
+        "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
+                       "host_bytes": int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + e.host), "time_share": e.flops / total_flops}
+                   for s, e in est.items()},
+        "layout": layout,
+        "ranks": ranks,
+        "fits": all(r["gpu_bytes"] <= budget for r in ranks),
+        "tiling": tiling_advice(spec, cfg.vision, width, height),
+        "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
+                        "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
+                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
+    }
+
+
+def format_plan(plan: dict) -> str:
+    gb, src = 1e9, plan["source"]
+    lines = [
+        f"model {plan['model']}, {plan['precision']} ({plan['precision_note']})",
+        (f"source {src['width']}x{src['height']}, {src['duration_s']:.1f} s -> {plan['segments']} segment(s) of "
+         f"{plan['segment_seconds']:g} s; {plan['gpus']} GPU(s) of {plan['gpu_memory_bytes'] / gb:.1f} GB"),
+        "",
+        f"{'stage':<10} {'weights GB':>10} {'activ. GB':>10} {'GPU GB':>8} {'host GB':>8} {'GFLOP/seg':>10} {'time':>6}",
+    ]
+    for name, s in plan["stages"].items():
+        lines.append(f"{name:<10} {s['weights'] / gb:>10.3f} {s['activations'] / gb:>10.3f} {s['gpu_bytes'] / gb:>8.2f} "
+                     f"{s['host_bytes'] / gb:>8.2f} {s['flops'] / 1e9:>10.1f} {s['time_share']:>6.1%}")
+    lines += ["", f"layout: {plan['layout']}", f"{'ranks':<8} {'stages':<26} {'GPU GB':>8} {'fits':>5}"]
+    for r in plan["ranks"]:
+        ranks = str(r["ranks"][0]) + (f"-{r['ranks'][-1]}" if len(r["ranks"]) > 1 else "")
+        lines.append(f"{ranks:<8} {'+'.join(r['stages']):<26} {r['gpu_bytes'] / gb:>8.2f} "
+                     f"{'yes' if r['gpu_bytes'] <= plan['gpu_memory_bytes'] else 'NO':>5}")
+    largest = max(r["gpu_bytes"] for r in plan["ranks"])
+    lines.append(f"fits: {'yes' if plan['fits'] else 'NO'} (largest rank {largest / gb:.2f} GB of "
+                 f"{plan['gpu_memory_bytes'] / gb:.1f} GB)")
+    lines.append(f"tiling: {plan['tiling']}")
+    return "\n".join(lines)
+
+
+def plan_command(overrides: list[str]) -> int:
+    """`foley-dist plan resolution=2160p duration=600 gpus=4 model=hunyuan_xxl [json=plan.json]`."""
+    cfg = config.load("plan", overrides)
+    plan = make_plan(cfg)
+    print(format_plan(plan), flush=True)
+    if cfg.json:
+        write_json_atomic(cfg.json, plan)
+        print(f"wrote {cfg.json}", flush=True)
+    if not plan["fits"]:
+        raise DoesNotFit(f"the job does not fit {cfg.gpus} GPU(s) of {cfg.gpu_memory} (plan above)")
+    return 0
