@@ -127,10 +127,8 @@ class FoleyPipeline:
             overrides.append(f"hardware.device={device}")
         if dtype is not None:
             overrides.append(f"hardware.precision={_PRECISIONS.get(dtype, dtype)}")
-        if isinstance(layout, str):
-            overrides.append(f"layout={layout}")
-        elif layout is not None:
-            overrides.append(f"layout.ranks=[{','.join(layout)}]")
+        if layout is not None:  # a preset name picks the config group, a list sets the ranks
+            settings = {"layout" if isinstance(layout, str) else "layout.ranks": layout, **settings}
         return cls(config.load("run", overrides + _overrides(settings)))
 
     def __call__(self, video: str | os.PathLike | Sequence, prompt: str | Sequence[str] = "",

@@ -153,12 +153,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     local.update({j: kept for j, (kept, _) in joint.items()})
     # the feature-cache identity of each video: read once here, not by every vision rank
     ident = {j: file_identity(job.video) for j, job in enumerate(jobs)} if is_sink and cfg.vision.cache != "off" else {}
-    done, ident = transport.broadcast_object((local, ident), topo.sink, env.world_size)
+    tails = {j: t for j, (_, t) in joint.items() if t is not None}
+    done, ident, tails = transport.broadcast_object((local, ident, tails), topo.sink, env.world_size)  # one broadcast
     items = work_items(jobs, done, ident)
     resumed_tails = {}
     if cfg.seam == "joint":
         link_neighbours([m.meta for m in items])
-        tails = transport.broadcast_object({j: t for j, (_, t) in joint.items() if t is not None}, topo.sink, env.world_size)
         resumed_tails = continue_from(items, jobs, tails)
     rec = Recorder(env.rank, list(names), env.device)
     resumed = sum(len(v) for v in done.values())

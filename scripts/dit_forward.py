@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
 
     with torch.device("meta"):
-        model = HunyuanDiT(HunyuanDiTConfig.from_json(args.config))
+        model = HunyuanDiT(HunyuanDiTConfig.from_file(args.config))
     load_into(model, load_state_dict(args.weights), "DiT", source=args.weights)
     inputs = load_state_dict(args.inputs)
     missing = [name for name in INPUTS if name not in inputs]

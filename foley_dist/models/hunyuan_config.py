@@ -131,13 +131,13 @@ class HunyuanDiTConfig:
 
     @classmethod
     def from_file(cls, path: str | Path) -> "HunyuanDiTConfig":
-        """A release config (`configs/hunyuanvideo-foley-*.yaml`, model_config.model_kwargs) or JSON."""
+        """A release config (`configs/hunyuanvideo-foley-*.yaml`, model_config.model_kwargs) or a JSON
+        file of the same content (`.json`, e.g. hvf_tiny_config.json)."""
         path = Path(path)
-        if path.suffix == ".json":
-            return cls.from_json(path)
+        parse = json.loads if path.suffix == ".json" else yaml.safe_load
         try:
-            data = yaml.safe_load(path.read_text())
-        except (OSError, yaml.YAMLError) as exc:
+            data = parse(path.read_text())
+        except (OSError, ValueError, yaml.YAMLError) as exc:  # json.JSONDecodeError is a ValueError
             raise FoleyError(f"cannot read DiT config {path}: {str(exc).splitlines()[0]}; pass the release's config yaml") from exc
         if not isinstance(data, dict):
             raise FoleyError(f"DiT config {path}: expected a mapping with model_config.model_kwargs")
@@ -151,13 +151,3 @@ class HunyuanDiTConfig:
         """The built-in copy of the release's config for size 'xl' or 'xxl'."""
         return cls.from_file(BUILTIN_DIR / f"hunyuanvideo-foley-{size}.yaml")
 
-    @classmethod
-    def from_json(cls, path: str | Path) -> "HunyuanDiTConfig":
-        path = Path(path)
-        try:
-            data = json.loads(path.read_text())
-        except (OSError, json.JSONDecodeError) as exc:
-            raise FoleyError(f"cannot read DiT config {path}: {exc}") from exc
-        if not isinstance(data, dict):
-            raise FoleyError(f"DiT config {path}: expected a JSON object with model_kwargs")
-        return cls.from_dict(data)

@@ -72,7 +72,7 @@ def test_state_dict_matches_official_manifest(name, make):
 
 
 def test_tiny_config_is_reference_json():
-    assert HunyuanDiTConfig.from_json(reference_file("hvf_tiny_config.json")) == HunyuanDiTConfig.tiny()
+    assert HunyuanDiTConfig.from_file(reference_file("hvf_tiny_config.json")) == HunyuanDiTConfig.tiny()
     weights = load_file(reference_file("hvf_tiny_weights.safetensors"))
     assert param_count(HunyuanDiTConfig.tiny()) == sum(t.numel() for t in weights.values())
 
@@ -81,7 +81,7 @@ def test_config_rejects_unknown_and_unsupported(tmp_path):
     path = tmp_path / "cfg.json"
     path.write_text(json.dumps({"model_kwargs": {"hidden_size": 128, "num_heads": 2, "hiden_size": 3}}))
     with pytest.raises(FoleyError, match="unknown model_kwargs.*hiden_size"):
-        HunyuanDiTConfig.from_json(path)
+        HunyuanDiTConfig.from_file(path)
     with pytest.raises(FoleyError, match="sync_modulation"):
         HunyuanDiTConfig(sync_modulation=True)
     with pytest.raises(FoleyError, match="divisible"):
