@@ -19,8 +19,9 @@ Parts (--parts):
      at --lv-step-s per segment-step (both CFG branches; each branch costs half), vision+fusion on one
      rank, diffusion on K = --lv-ranks ranks. seam=joint exchanges the overlap latents every step, and
      CFG-parallel the branch velocities, through the real StepLinks; crossfade samples segments
-     independently. ideal_s = the same mode's single-rank (K = 1) time / K. Also the one-way time of
-     a per-step message (StepLinks ping-pong) against the step cost.
+     independently. Each row runs --lv-repeats times (measured_s: the median, runs_s: all);
+     ideal_s = the same mode's single-rank (K = 1) time / K. Also the one-way time of a per-step
+     message (StepLinks ping-pong) against the step cost.
 
 The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
 """
@@ -368,10 +369,10 @@ def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
     """Median one-way seconds of StepLinks messages: take/give between neighbours, swap between partners."""
     env = transport.detect_env("cpu")
     transport.init(env, 60)
-    group = transport.step_group()
+    groups = transport.step_groups()
     rows = []
     for shape in shapes:
-        nb = transport.StepLinks(env.rank, lambda n: n % 2, None, None, env.device, 60, group)
+        nb = transport.StepLinks(env.rank, lambda n: n % 2, None, None, env.device, 60, groups)
         item = 2 if env.rank == 0 else 1  # rank 0 owns items 0 and 2, rank 1 item 1: a ping-pong along the chain
         nb.open(item, reps - 1, shape, None)  # posts steps 0..reps-1
         x, times = torch.zeros(shape), []
@@ -385,7 +386,7 @@ def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
                 nb.give(1, i, nb.take(1, i))
             times.append((time.perf_counter() - t) / 2)
         nb.flush()
-        pair = transport.StepLinks(env.rank, lambda n: 0, 1 - env.rank, env.rank, env.device, 60, group)
+        pair = transport.StepLinks(env.rank, lambda n: 0, 1 - env.rank, env.rank, env.device, 60, groups)
         pair.open(0, reps, None, shape)
         swaps = []
         for i in range(reps):
@@ -403,11 +404,14 @@ def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
 def part_long_video(args) -> tuple[list[dict], list[dict]]:
     costs = {"vision": args.lv_vision_s, "fusion": args.lv_fusion_s, "diffusion": args.lv_step_s}
     rows: list[dict] = []
-    print(f"\n{'seam':<10} {'diff ranks':>10} {'cfg':>5} {'measured':>9} {'ideal':>7} {'eff':>5} {'speedup':>8}")
+    print(f"\n{'seam':<10} {'diff ranks':>10} {'cfg':>5} {'measured':>9} {'ideal':>7} {'eff':>5} {'speedup':>8}  runs")
     for seam in args.lv_seams:
         base = None
         for k, cfg in [(k, False) for k in args.lv_ranks] + ([(1, True)] if seam == "joint" else []):
-            row = run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
+            runs = [run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
+                    for _ in range(args.lv_repeats)]
+            row = {**runs[0], "measured_s": statistics.median(r["measured_s"] for r in runs),
+                   "runs_s": [r["measured_s"] for r in runs]}
             if base is None:
                 base = row["measured_s"]
             row["ideal_s"] = base / row["diffusion_ranks"]
@@ -415,7 +419,8 @@ def part_long_video(args) -> tuple[list[dict], list[dict]]:
             row["efficiency"] = row["ideal_s"] / row["measured_s"]
             rows.append(row)
             print(f"{seam:<10} {row['diffusion_ranks']:>10} {str(cfg):>5} {row['measured_s']:>8.2f}s {row['ideal_s']:>6.2f}s "
-                  f"{row['efficiency']:>5.2f} {row['speedup']:>7.2f}x", flush=True)
+                  f"{row['efficiency']:>5.2f} {row['speedup']:>7.2f}x  " + " ".join(f"{t:.2f}" for t in row["runs_s"]),
+                  flush=True)
     overlap, latents = (1, 128, 50), (1, 128, 250)  # 1 s overlap; a whole 5 s segment (CFG velocity)
     msgs = launch(_step_pingpong, 2, 30, [overlap, latents])[0]
     for r in msgs:
@@ -460,6 +465,7 @@ def main() -> None:
     p.add_argument("--lv-fusion-s", type=float, default=0.002)
     p.add_argument("--lv-ranks", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--lv-seams", default="joint,crossfade", type=lambda s: s.split(","))
+    p.add_argument("--lv-repeats", type=int, default=3, help="part 5: runs per row; measured_s is their median")
     args = p.parse_args()
 
     result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},

@@ -88,4 +88,4 @@ def step_channel(topo: Topology, env: transport.Env, timeout_s: float, needed: b
     partner = None
     if branch is not None:  # owners[j] and partners[j] form a pair
         partner = group.partners[group.ranks.index(me)] if branch == 1 else group.ranks[group.partners.index(me)]
-    return transport.StepLinks(me, owner, partner, branch, env.device, timeout_s, transport.step_group())
+    return transport.StepLinks(me, owner, partner, branch, env.device, timeout_s, transport.step_groups())

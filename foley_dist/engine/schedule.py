@@ -119,7 +119,7 @@ def _dedupe_consecutive(entries: list[tuple[str, ...]]) -> list[tuple[str, ...]]
 @dataclass(frozen=True)
 class Action:
     """One step of a rank's program. kind: recv | compute | send | collect (sink takes a result) |
-    fork (send a copy, keep the item: owner -> CFG partner) | drop (forget the item: the partner's result)."""
+    fork (send a copy, keep the item: upstream owner -> CFG partner) | drop (forget the item: the partner's result)."""
 
     kind: str
     item: int
@@ -151,8 +151,10 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
             work = [Action("recv", n, topo.groups[g - 1].owner(n))] if g > 0 else []
             partner = group.partner(n)
             if partner is not None:  # CFG-parallel: the partner samples the other branch alongside
-                work.append(Action("fork", n, partner))
-                prog[partner] += [Action("recv", n, me), Action("compute", n), Action("drop", n)]
+                # fed by upstream (Topology keeps pairs out of the first group), so both branches start together
+                up = topo.groups[g - 1].owner(n)
+                prog[up].insert(len(prog[up]) - 1, Action("fork", n, partner))  # before its send to `me`
+                prog[partner] += [Action("recv", n, up), Action("compute", n), Action("drop", n)]
             work.append(Action("compute", n))
             if g < last:
                 work.append(Action("send", n, topo.groups[g + 1].owner(n)))
@@ -173,16 +175,14 @@ def peers(topo: Topology, rank: int) -> tuple[list[int], list[int]]:
     """(upstream ranks this rank receives from, downstream ranks it sends to) — for end-of-stream."""
     up, down = set(), set()
     for g, group in enumerate(topo.groups):
-        if rank in group.partners:
-            up.add(group.ranks[group.partners.index(rank)])
-        if rank in group.ranks and group.partners:
-            down.add(group.partners[group.ranks.index(rank)])
+        if rank in group.partners:  # fed by the upstream group, like the owners
+            up |= set(topo.groups[g - 1].ranks)
         if rank not in group.ranks:
             continue
         if g > 0:
             up |= set(topo.groups[g - 1].ranks)
         if g < len(topo.groups) - 1:
-            down |= set(topo.groups[g + 1].ranks)
+            down |= set(topo.groups[g + 1].ranks) | set(topo.groups[g + 1].partners)
         elif rank != topo.sink:
             down.add(topo.sink)
         if g == len(topo.groups) - 1 and rank == topo.sink:

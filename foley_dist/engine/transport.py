@@ -4,10 +4,12 @@ The header (segment id, metadata, tensor names, dtypes and shapes as JSON) lets 
 exactly what arrives without guessing shapes. All tensors of a message travel as one byte buffer,
 so any dtype (bool, bf16, ...) crosses any backend. The first EAGER_BYTES of that buffer ride in the
 same fixed-size frame as the header, so a receiver can post the receive for its *next* message
-before it knows that message's size (`prefetch`) and the transfer lands while it computes; only
-larger messages need a second transfer. Sends are non-blocking with a bounded number in flight
-(back-pressure); receives wait at most `timeout_s`, so a dead peer becomes an error instead of a
-hang. This module never imports a model.
+before it knows that message's size (`prefetch`); a larger payload follows as a second transfer of
+exactly its size. The frame is small because every message pays for all of it (gloo and NCCL match
+sizes exactly), on the sender's thread when the receive is already posted; the second transfer is
+written by the backend once the receiver posts it, off the sender's compute. Sends are non-blocking
+with a bounded number in flight (back-pressure); receives wait at most `timeout_s`, so a dead peer
+becomes an error instead of a hang. This module never imports a model.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
 
 HEADER_BYTES = 8192
-EAGER_BYTES = 4 << 20  # payload bytes carried in the frame: every message between stages of the real model fits
+EAGER_BYTES = 64 << 10  # headers, small messages and per-step-sized payloads; 4 MiB cost ~2 ms per message on gloo
 FRAME_BYTES = HEADER_BYTES + EAGER_BYTES
 _MAGIC = b"FDM1"
 _DTYPES = {str(d): d for d in (
@@ -252,11 +254,14 @@ def broadcast_object(obj, src: int, world_size: int):
     return box[0]
 
 
-def step_group():
-    """A process group for per-step messages, so they never queue behind stage frames between the same
-    two ranks (NCCL matches point-to-point messages per communicator in posting order). Collective:
-    every rank calls it, in the same order."""
-    return dist.new_group(list(range(dist.get_world_size())))
+def step_groups() -> tuple:
+    """Process groups for per-step messages: one for messages to a higher rank, one for messages to a
+    lower rank. Their own groups keep them from queueing behind stage frames between the same two ranks
+    (NCCL matches point-to-point messages per communicator in posting order); one group per direction
+    keeps a swap's two simultaneous messages on separate connections, so neither end's send contends
+    with its receive. Collective: every rank calls it, in the same order."""
+    ranks = list(range(dist.get_world_size()))
+    return dist.new_group(ranks), dist.new_group(ranks)
 
 
 class StepLinks:
@@ -269,9 +274,9 @@ class StepLinks:
     """
 
     def __init__(self, rank: int, owner, partner: int | None, branch: int | None, device: torch.device,
-                 timeout_s: float, group=None):
+                 timeout_s: float, groups: tuple = (None, None)):
         self.rank, self.owner, self.partner, self.branch = rank, owner, partner, branch
-        self.device, self.timeout, self.group = device, timedelta(seconds=timeout_s), group
+        self.device, self.timeout, self.groups = device, timedelta(seconds=timeout_s), groups
         self._local: dict[tuple[str, int, int], torch.Tensor] = {}
         self._posted: dict[tuple[str, int, int], tuple] = {}  # (kind, item, step) -> (irecv, buffer, src, shape)
         self._sends: deque[tuple[object, torch.Tensor, int]] = deque()
@@ -280,6 +285,9 @@ class StepLinks:
         self._local.update({("take", item, step): t.to(self.device) for step, t in enumerate(tails)})
 
     def open(self, item: int, steps: int, head: tuple[int, ...] | None, swap: tuple[int, ...] | None) -> None:
+        # Sends of this rank's earlier items went to items that opened long ago (each waits only on a lower
+        # item, so this cannot deadlock): waiting frees their buffers, which gloo holds until waited on.
+        self.flush()
         resumed = ("take", item, 0) in self._local
         if head is not None and self.owner(item - 1) != self.rank and not resumed:
             for step in range(steps + 1):
@@ -310,9 +318,15 @@ class StepLinks:
             work, _, peer = self._sends.popleft()
             wait_for(work, peer, "per-step send", self.timeout)
 
+    @property
+    def held(self) -> int:
+        """Send buffers kept until their delivery is confirmed (at most about one item's steps)."""
+        return len(self._sends)
+
     def _post(self, kind: str, item: int, step: int, shape: tuple[int, ...], src: int) -> None:
         buf = torch.empty(math.prod(shape) + 2, dtype=torch.float32, device=self.device)
-        work = _posting(lambda: dist.irecv(buf, src, group=self.group), src, f"step {step} of item {item} ({kind})")
+        group = self.groups[src > self.rank]  # messages travel on the group of their direction
+        work = _posting(lambda: dist.irecv(buf, src, group=group), src, f"step {step} of item {item} ({kind})")
         self._posted[(kind, item, step)] = (work, buf, src, shape)
 
     def _receive(self, kind: str, item: int, step: int) -> torch.Tensor:
@@ -327,7 +341,6 @@ class StepLinks:
     def _send(self, tensor: torch.Tensor, item: int, step: int, dst: int) -> None:
         stamp = torch.tensor([item, step], dtype=torch.float32, device=self.device)
         buf = torch.cat([tensor.detach().to(self.device, torch.float32).reshape(-1), stamp])
-        work = _posting(lambda: dist.isend(buf, dst, group=self.group), dst, f"step {step} of item {item}")
+        group = self.groups[self.rank > dst]
+        work = _posting(lambda: dist.isend(buf, dst, group=group), dst, f"step {step} of item {item}")
         self._sends.append((work, buf, dst))
-        while self._sends and self._sends[0][0].is_completed():  # keep only sends still in flight
-            self._sends.popleft()

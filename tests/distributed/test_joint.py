@@ -13,8 +13,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 import soundfile as sf
+import torch
 
 from foley_dist import synthetic
+from foley_dist.engine import transport
 from foley_dist.media.testclip import make_clip
 from tests.conftest import run_cli
 from tests.distributed.ranks import run_ranks
@@ -41,6 +43,33 @@ def test_synthetic_joint_sampling_is_layout_independent():
     for world, layout, cfg in [(4, ["vision+fusion", "diffusion x3"], False), (5, ["vision+fusion", "diffusion x4"], True)]:
         got = _sampled(world, layout, cfg)
         assert all(np.array_equal(got[n], single[n]) for n in range(7)), (layout, cfg)
+
+
+def _long_chain(rank: int, world: int, items: int, steps: int) -> int:
+    """Joint-style chain over two ranks (item n on rank n % 2); the most send buffers ever held."""
+    env = transport.detect_env("cpu")
+    transport.init(env, 30)
+    links = transport.StepLinks(rank, lambda n: n % 2, None, None, env.device, 30, transport.step_groups())
+    most = 0
+    for item in range(rank, items, 2):
+        links.open(item, steps, (1, 4, 3) if item else None, None)
+        for step in range(steps + 1):
+            x = torch.full((1, 4, 3), float(item))
+            if item:
+                assert torch.equal(links.take(item, step), torch.full((1, 4, 3), item - 1.0))
+            if item < items - 1:
+                links.give(item, step, x)
+            most = max(most, links.held)
+    links.flush()
+    transport.shutdown()
+    return most
+
+
+def test_per_step_send_buffers_stay_bounded_over_a_long_chain():
+    steps = 10
+    out = run_ranks(_long_chain, 2, 12, steps)
+    assert all(status == "ok" for status, _ in out.values()), out
+    assert max(most for _, most in out.values()) <= steps + 1, out  # one item's tails, not the whole job's
 
 
 def _dies_mid_sampling(rank: int, world: int, *args):

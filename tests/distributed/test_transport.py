@@ -135,7 +135,7 @@ def _overlap(rank: int, world: int):
     transport.init(env, 30)
     tr = transport.Transport(env.device, timeout_s=30)
     if rank == 0:
-        tr.send(Message(0, {"x": torch.randn(256, 1024)}), 1)  # 1 MiB, lands in the eager part
+        tr.send(Message(0, {"x": torch.randn(transport.EAGER_BYTES // 8)}), 1)  # lands in the eager part
         tr.flush()
         return None
     tr.prefetch(0)

@@ -106,9 +106,11 @@ def test_cfg_pairs_in_the_schedule():
     assert group.ranks == (3, 4) and group.partners == (1, 2) and topo.sink == 4
     assert [topo.branch_of(r) for r in range(5)] == [None, 0, 0, 1, 1]
     prog = build_schedule(topo, 4)
-    assert [str(a) for a in prog[1]] == ["<0@3", "C0", "x0", "<2@3", "C2", "x2"]
-    assert [str(a) for a in prog[3]][:4] == ["<0@0", "^0@1", "C0", ">0@4"]
-    assert peers(topo, 1) == ([3], []) and peers(topo, 3) == ([0], [1, 4])
+    # the upstream owner feeds both ranks of a pair, so the two branches start together
+    assert [str(a) for a in prog[0]][:6] == ["C0", "^0@1", ">0@3", "C1", "^1@2", ">1@4"]
+    assert [str(a) for a in prog[1]] == ["<0@0", "C0", "x0", "<2@0", "C2", "x2"]
+    assert [str(a) for a in prog[3]][:3] == ["<0@0", "C0", ">0@4"]
+    assert peers(topo, 0) == ([], [1, 2, 3, 4]) and peers(topo, 1) == ([0], []) and peers(topo, 3) == ([0], [4])
     assert predict_makespan(topo, {"vision": 0.1, "fusion": 0.0, "diffusion": 1.0}, 4) > 0  # no deadlock
     links = step_links(topo, [False, True, True, True])
     assert (1, 3, 4) in links and (1, 1, 2) in links and (2, 4, 3) in links and len(links) == 6
