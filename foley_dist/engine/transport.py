@@ -270,11 +270,12 @@ class StepLinks:
 
     Both ends derive every shape from the schedule and the segments, so a message is exactly its
     fp32 values plus an (item, step) stamp the receiver checks. `owner(item)` is the rank sampling
-    `item` in this rank's branch; `partner` is the rank evaluating the other CFG branch, if any.
+    `item` in this rank's branch; `partner` is the rank evaluating the other CFG branch, if any;
+    `groups` are `step_groups()`.
     """
 
     def __init__(self, rank: int, owner, partner: int | None, branch: int | None, device: torch.device,
-                 timeout_s: float, groups: tuple = (None, None)):
+                 timeout_s: float, groups: tuple):
         self.rank, self.owner, self.partner, self.branch = rank, owner, partner, branch
         self.device, self.timeout, self.groups = device, timedelta(seconds=timeout_s), groups
         self._local: dict[tuple[str, int, int], torch.Tensor] = {}
