@@ -24,13 +24,14 @@ from foley_dist.engine import transport
 from foley_dist.engine.autolayout import choose_layout, predict_makespan
 from foley_dist.engine.message import Message
 from foley_dist.engine.metrics import RankStats, Recorder, chrome_trace, summarize
-from foley_dist.engine.pipeline import end_of_stream, execute, step_channel
-from foley_dist.engine.schedule import STAGES, Topology, build_schedule, expand_layout, peers
+from foley_dist.engine.pipeline import execute, open_link, step_channel
+from foley_dist.engine.protocol import ItemPlan
+from foley_dist.engine.schedule import STAGES, Topology, build_schedule, expand_layout
 from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
-from foley_dist.models.joint import link_neighbours
+from foley_dist.models.joint import joined_items, link_neighbours
 from foley_dist.planning.estimates import stage_flops
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
@@ -62,6 +63,16 @@ def continue_from(items: list[Message], jobs: list[Job], tails: dict[int, np.nda
             msg.meta["joint_prev"] = [prev.start, prev.end]
             out[n] = tails[j]
     return out
+
+
+def item_plans(cfg: RunConfig, topo: Topology, items: list[Message], latent_rate: int) -> list[ItemPlan]:
+    """What the point-to-point protocol needs of each item: its steps (batch items may override them),
+    whether it continues its predecessor (joint) and whether a CFG pair swaps velocities."""
+    joined = joined_items([m.meta for m in items], latent_rate) if cfg.seam == "joint" else [False] * len(items)
+    paired = bool(topo.groups[-1].partners)
+    return [ItemPlan(m.meta.get("model.steps", cfg.model.steps), j,
+                     paired and m.meta.get("model.guidance_scale", cfg.model.guidance_scale) > 1)
+            for m, j in zip(items, joined)]
 
 
 def autocast_dtype(precision: str, device: torch.device) -> torch.dtype | None:
@@ -166,11 +177,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     mine = sum(a.kind == "compute" for a in schedule)
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else ""))
+    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec), env,
+                     cfg.hardware.timeout_s, cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
-    tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
-    links = step_channel(topo, env, cfg.hardware.timeout_s, cfg.seam == "joint" or bool(topo.groups[-1].partners))
-    if links is not None and "diffusion" in names:
+    links = step_channel(topo, link, env.rank) if link is not None else None
+    if links is not None:
         stages[names.index("diffusion")].channel = links
     group = topo.groups[-1]
     for n, t in resumed_tails.items():
@@ -180,11 +192,10 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
                 coherent=cfg.seam == "joint", dump=getattr(cfg, "dump", None)) if is_sink else None
     start = time.time()
     try:
-        execute(schedule, stages, items, tr, rec, sink)
-        if links is not None:
-            links.flush()
-        if tr is not None:
-            end_of_stream(tr, *peers(topo, env.rank), rec)
+        execute(schedule, stages, items, link, rec, sink)
+        if link is not None:
+            with rec.span("flush", "comm", -1):
+                link.finish()
         if sink is not None:
             sink.finish()
     except BaseException:

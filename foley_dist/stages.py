@@ -306,7 +306,7 @@ class DiffusionStage(nn.Module):
                 return self.dit.velocity(x, t, c).float()
 
         if "error" in msg.meta:
-            return self._relay(msg, span, noise, steps)
+            return self._relay(msg, span, noise, steps, parallel)
         exchange, head, tails = None, 0, []
         if self.seam == "joint":
             prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
@@ -331,18 +331,26 @@ class DiffusionStage(nn.Module):
             out.update({DUMP + "noise": noise, DUMP + "latents": latents, DUMP + "audio": audio[None]})
         return Message(msg.segment, out, msg.meta)
 
-    def _relay(self, msg: Message, span: tuple[int, int], noise: torch.Tensor, steps: int) -> Message:
-        """An item that failed upstream (its job has failed): under seam=joint, still take the previous
-        segment's tails and hand on this one's (its noise), so neighbours never wait for messages that
-        would not come; the next segments of the job finish as garbage the sink drops."""
+    def _relay(self, msg: Message, span: tuple[int, int], noise: torch.Tensor, steps: int, parallel: bool) -> Message:
+        """An item that failed upstream (its job has failed): still make every per-step exchange of the
+        protocol — take the previous segment's tails and hand on this one's (its noise), swap dummy
+        velocities with a CFG partner — so no peer waits for messages that would not come; the next
+        segments of the job finish as garbage the sink drops."""
+        exchange = None
+        head = 0
         if self.seam == "joint":
             prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
             exchange, head, _ = overlap_exchange(self.channel, msg.segment, span,
                                                  self.latent_span(*prev) if prev else None,
                                                  self.latent_span(*nxt) if nxt else None)
-            self.channel.open(msg.segment, steps, (1, noise.shape[1], head) if head else None, None)
-            for step in range(steps + 1):
+        if exchange is None and not parallel:
+            return msg
+        self.channel.open(msg.segment, steps, (1, noise.shape[1], head) if head else None, noise.shape if parallel else None)
+        for step in range(steps + 1):
+            if exchange is not None:
                 exchange(step, noise)
+            if parallel and step < steps:
+                self.channel.swap(msg.segment, step, torch.zeros_like(noise))
         return msg
 
 

@@ -26,12 +26,14 @@ from torch import nn
 from foley_dist.engine import transport
 from foley_dist.engine.message import Message
 from foley_dist.engine.metrics import RankStats, Recorder
-from foley_dist.engine.pipeline import end_of_stream, execute, step_channel
-from foley_dist.engine.schedule import Action, Topology, build_schedule, peers
+from foley_dist.engine.pipeline import execute, open_link, step_channel
+from foley_dist.engine.protocol import ItemPlan
+from foley_dist.engine.schedule import Topology, build_schedule
 from foley_dist.models.flow import sample
 from foley_dist.models.joint import (
     LocalChannel,
     StepChannel,
+    joined_items,
     link_neighbours,
     overlap_exchange,
     split_velocity,
@@ -135,6 +137,12 @@ def work_items(num_items: int, joint: bool = False) -> list[Message]:
     return items
 
 
+def item_plans(items: list[Message], topo: Topology, steps: int, seam: str) -> list[ItemPlan]:
+    """The synthetic job's per-item protocol needs (as runtime.item_plans for a real job)."""
+    joined = joined_items([m.meta for m in items], LATENT_RATE) if seam == "joint" else [False] * len(items)
+    return [ItemPlan(steps, j, bool(topo.groups[-1].partners)) for j in joined]
+
+
 def expected_audio_value(segment: int, num_stages: int = len(OUTPUTS)) -> float:
     return float(segment + num_stages)
 
@@ -168,12 +176,11 @@ class RankResult:
 
 
 def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: dict[int, float] | None = None,
-             max_inflight: int = 2, timeout_s: float = 60.0, schedule: dict[int, list[Action]] | None = None,
-             steps: int = 0, seam: str = "crossfade", cfg_parallel: bool = False) -> RankResult:
+             max_inflight: int = 2, timeout_s: float = 60.0, steps: int = 0, seam: str = "crossfade", cfg_parallel: bool = False) -> RankResult:
     """Run the synthetic pipeline on this rank (env from torchrun or tests.distributed.ranks).
 
-    Uses pipeline.execute and Transport with the production schedule (or `schedule`, to try another
-    order); only the stages are synthetic. With `steps`, diffusion samples step by step (see
+    Uses pipeline.execute and the Link with the production schedule and protocol; only the stages are
+    synthetic. With `steps`, diffusion samples step by step (see
     SyntheticSampler); `seam=joint` and `cfg_parallel` exchange per-step messages through the real
     StepLinks. The clock starts after a barrier, so process start-up and rendezvous are not measured.
     """
@@ -182,21 +189,20 @@ def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: d
     transport.init(env, timeout_s)
     names = topo.stages_of(env.rank)
     stages = build_stages(names, costs, env.device, (slow or {}).get(env.rank, 1.0), steps, seam, cfg_parallel)
-    tr = transport.Transport(env.device, timeout_s, max_inflight) if env.world_size > 1 else None
-    links = step_channel(topo, env, timeout_s, steps > 0 and (seam == "joint" or cfg_parallel))
-    if links is not None and "diffusion" in names:
+    items = work_items(num_items, joint=seam == "joint")
+    per_segment = {**costs, "diffusion": costs["diffusion"] * steps} if steps else costs  # the protocol's cost model
+    link = open_link(topo, item_plans(items, topo, steps, seam), per_segment, env, timeout_s, max_inflight)
+    links = step_channel(topo, link, env.rank) if link is not None and steps else None
+    if links is not None:
         stages[names.index("diffusion")].channel = links
     sink = RecordingSink() if env.rank == topo.sink else None
     if env.world_size > 1:
         dist.barrier()
     rec = Recorder(env.rank, list(names), env.device)
     start = time.time()
-    items = work_items(num_items, joint=seam == "joint")
-    execute((schedule or build_schedule(topo, num_items))[env.rank], stages, items, tr, rec, sink)
-    if links is not None:
-        links.flush()
-    if tr is not None:
-        end_of_stream(tr, *peers(topo, env.rank), rec)
+    execute(build_schedule(topo, num_items)[env.rank], stages, items, link, rec, sink)
+    if link is not None:
+        link.finish()
     end = time.time()
     transport.shutdown()
     return RankResult(env.rank, start, end, rec.finish(), sink.received if sink else None,

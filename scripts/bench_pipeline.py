@@ -13,15 +13,16 @@ Parts (--parts):
      The sequential runner is every stage in one process (pipeline.execute, no process group).
   3  the real tiny model end to end on a generated clip: 1 rank, 3 ranks [vision, fusion, diffusion],
      and choose_layout's layout for 3 ranks from the 1-rank run's measured stage costs (torchrun, gloo).
-  4  transport overhead: Transport.send/recv (header + packed payload) against raw dist.send/recv of the
+  4  transport overhead: Link.send_message/recv_message (header + packed payload) against raw dist.send/recv of the
      same bytes, median one-way time of ping-pongs.
   5  one long video ("long_video" rows): a 97 s job (24 segments of 5 s, 1 s overlap), --lv-steps steps
      at --lv-step-s per segment-step (both CFG branches; each branch costs half), vision+fusion on one
      rank, diffusion on K = --lv-ranks ranks. seam=joint exchanges the overlap latents every step, and
-     CFG-parallel the branch velocities, through the real StepLinks; crossfade samples segments
+     CFG-parallel the branch velocities, through the real Link; crossfade samples segments
      independently. Each row runs --lv-repeats times (measured_s: the median, runs_s: all);
-     ideal_s = the same mode's single-rank (K = 1) time / K. Also the one-way time of a per-step
-     message (StepLinks ping-pong) against the step cost.
+     ideal_s = the same mode's single-rank (K = 1) time / K; every row under strict point-to-point
+     mode (NCCL's rules) and on plain gloo (--lv-p2p). Also the one-way time of a per-step message
+     (Link ping-pong) against the step cost.
 
 The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
 """
@@ -47,8 +48,9 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 from torch import nn
 
+import benchio
 from foley_dist import synthetic
-from foley_dist.engine import autolayout, transport
+from foley_dist.engine import autolayout, protocol, transport
 from foley_dist.engine.message import Message
 from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule
 
@@ -305,34 +307,39 @@ def part_model(args, workdir: Path) -> list[Run]:
 def _pingpong(sizes: list[int], reps: int) -> list[dict]:
     env = transport.detect_env("cpu")
     transport.init(env, 120)
-    tr = transport.Transport(env.device, 120)
     peer = 1 - env.rank
-    rows = []
+    n = len(sizes) * (reps + 2)  # ping-pongs; message 2i goes 0 -> 1, 2i + 1 comes back
+    order = [("send", ("msg", m), m % 2, 1 - m % 2) for m in range(2 * n)]
+    link = transport.Link(env.rank, protocol.programs_from(order)[env.rank], env.device, 120, step_messages=False)
+    link.connect()
+    rows, item = [], 0
     for size in sizes:
         raw = torch.zeros(size, dtype=torch.uint8)
-        msg = Message(0, {"x": torch.zeros(size // 4, dtype=torch.float32)}, {"segment": 0})
+        x = torch.zeros(size // 4, dtype=torch.float32)
         times = {"raw": [], "transport": []}
         for kind in ("raw", "transport"):
             for i in range(reps + 2):  # two warm-up round trips
                 dist.barrier()
                 t = time.perf_counter()
-                if env.rank == 0:
-                    if kind == "raw":
+                if kind == "raw":
+                    if env.rank == 0:
                         dist.send(raw, peer)
                         dist.recv(raw, peer)
                     else:
-                        tr.send(msg, peer)
-                        tr.recv(peer)
-                elif kind == "raw":
-                    dist.recv(raw, peer)
-                    dist.send(raw, peer)
+                        dist.recv(raw, peer)
+                        dist.send(raw, peer)
+                elif env.rank == 0:
+                    link.send_message(Message(item, {"x": x}, {"segment": 0}), peer)
+                    link.recv_message(item + 1, peer)
                 else:
-                    tr.send(tr.recv(peer), peer)
+                    got = link.recv_message(item, peer)
+                    link.send_message(Message(item + 1, got.tensors, got.meta), peer)
+                item += 2 if kind == "transport" else 0
                 if i >= 2:
                     times[kind].append((time.perf_counter() - t) / 2)
-        tr.flush()
         rows.append({"bytes": size, "reps": reps, "raw_s": statistics.median(times["raw"]),
                      "transport_s": statistics.median(times["transport"])})
+    link.finish()
     transport.shutdown()
     return rows
 
@@ -350,7 +357,7 @@ def part_transport(args) -> list[dict]:
 # --- part 5: one long video ---------------------------------------------------------------------
 
 def _long_video_rank(layout, costs, m, steps, seam, cfg):
-    return synthetic.run_rank(layout, costs, m, None, 2, 120.0, None, steps, seam, cfg)
+    return synthetic.run_rank(layout, costs, m, None, 2, 120.0, steps, seam, cfg)
 
 
 def run_long_video(k: int, seam: str, cfg: bool, costs: dict[str, float], m: int, steps: int) -> dict:
@@ -366,68 +373,84 @@ def run_long_video(k: int, seam: str, cfg: bool, costs: dict[str, float], m: int
 
 
 def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
-    """Median one-way seconds of StepLinks messages: take/give between neighbours, swap between partners."""
+    """Median one-way seconds of per-step messages (Link.send_step / recv_step, announced ahead as the
+    stage does) between neighbours, and of a swap between CFG partners."""
     env = transport.detect_env("cpu")
     transport.init(env, 60)
-    groups = transport.step_groups()
+    order = []
+    for j in range(len(shapes)):
+        for i in range(reps):  # item 2j + 1's tail from rank 0, item 2j + 2's back from rank 1
+            order += [("send", ("tail", 3 * j + 1, i), 0, 1), ("send", ("tail", 3 * j + 2, i), 1, 0)]
+        order += [("swap", ("swap", 3 * j, i), 0, 1) for i in range(reps)]
+    link = transport.Link(env.rank, protocol.programs_from(order)[env.rank], env.device, 60)
+    link.connect()
     rows = []
-    for shape in shapes:
-        nb = transport.StepLinks(env.rank, lambda n: n % 2, None, None, env.device, 60, groups)
-        item = 2 if env.rank == 0 else 1  # rank 0 owns items 0 and 2, rank 1 item 1: a ping-pong along the chain
-        nb.open(item, reps - 1, shape, None)  # posts steps 0..reps-1
-        x, times = torch.zeros(shape), []
+    for j, shape in enumerate(shapes):
+        ping, pong = ("tail", 3 * j + 1), ("tail", 3 * j + 2)
+        src = 1 - env.rank
+        for i in range(reps):
+            link.expect((*(pong if env.rank == 0 else ping), i), src, shape)
+        x, times, swaps = torch.zeros(shape), [], []
         for i in range(reps):
             dist.barrier()
             t = time.perf_counter()
             if env.rank == 0:
-                nb.give(0, i, x)
-                nb.take(2, i)
+                link.send_step((*ping, i), x, 1)
+                link.recv_step((*pong, i), 1)
             else:
-                nb.give(1, i, nb.take(1, i))
+                link.send_step((*pong, i), link.recv_step((*ping, i), 0), 0)
             times.append((time.perf_counter() - t) / 2)
-        nb.flush()
-        pair = transport.StepLinks(env.rank, lambda n: 0, 1 - env.rank, env.rank, env.device, 60, groups)
-        pair.open(0, reps, None, shape)
-        swaps = []
         for i in range(reps):
             dist.barrier()
             t = time.perf_counter()
-            pair.swap(0, i, x)
+            link.swap(("swap", 3 * j, i), x, src)
             swaps.append(time.perf_counter() - t)
-        pair.flush()
-        rows.append({"shape": list(shape), "bytes": 4 * (torch.Size(shape).numel() + 2), "reps": reps,
+        rows.append({"shape": list(shape), "bytes": 4 * torch.Size(shape).numel(), "reps": reps,
                      "one_way_s": statistics.median(times[2:]), "swap_s": statistics.median(swaps[2:])})
+    link.finish()
     transport.shutdown()
     return rows
 
 
 def part_long_video(args) -> tuple[list[dict], list[dict]]:
+    """Part 5 under each --lv-p2p mode: `strict` runs every rank under NCCL's point-to-point rules
+    (FOLEY_DIST_STRICT_P2P=1), `gloo` on plain gloo; each mode's rows are relative to its own K = 1."""
     costs = {"vision": args.lv_vision_s, "fusion": args.lv_fusion_s, "diffusion": args.lv_step_s}
     rows: list[dict] = []
-    print(f"\n{'seam':<10} {'diff ranks':>10} {'cfg':>5} {'measured':>9} {'ideal':>7} {'eff':>5} {'speedup':>8}  runs")
-    for seam in args.lv_seams:
-        base = None
-        for k, cfg in [(k, False) for k in args.lv_ranks] + ([(1, True)] if seam == "joint" else []):
-            runs = [run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
-                    for _ in range(args.lv_repeats)]
-            row = {**runs[0], "measured_s": statistics.median(r["measured_s"] for r in runs),
-                   "runs_s": [r["measured_s"] for r in runs]}
-            if base is None:
-                base = row["measured_s"]
-            row["ideal_s"] = base / row["diffusion_ranks"]
-            row["speedup"] = base / row["measured_s"]
-            row["efficiency"] = row["ideal_s"] / row["measured_s"]
-            rows.append(row)
-            print(f"{seam:<10} {row['diffusion_ranks']:>10} {str(cfg):>5} {row['measured_s']:>8.2f}s {row['ideal_s']:>6.2f}s "
-                  f"{row['efficiency']:>5.2f} {row['speedup']:>7.2f}x  " + " ".join(f"{t:.2f}" for t in row["runs_s"]),
-                  flush=True)
+    for mode in args.lv_p2p:
+        os.environ["FOLEY_DIST_STRICT_P2P"] = "1" if mode == "strict" else "0"  # inherited by the spawned ranks
+        for seam in args.lv_seams:
+            base = None
+            for k, cfg in [(k, False) for k in args.lv_ranks] + ([(1, True)] if seam == "joint" else []):
+                runs = [run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
+                        for _ in range(args.lv_repeats)]
+                row = {**runs[0], "p2p": mode, "measured_s": statistics.median(r["measured_s"] for r in runs),
+                       "runs_s": [round(r["measured_s"], 3) for r in runs]}
+                if base is None:
+                    base = row["measured_s"]
+                row["ideal_s"] = base / row["diffusion_ranks"]
+                row["speedup"] = base / row["measured_s"]
+                row["efficiency"] = row["ideal_s"] / row["measured_s"]
+                rows.append(row)
+                print(f"  {mode} {seam} K={row['diffusion_ranks']} cfg={cfg}: {row['measured_s']:.2f} s "
+                      f"({row['efficiency']:.2f}, {row['speedup']:.2f}x)", flush=True)
+    benchio.emit(rows, [("p2p", "p2p"), ("seam", "seam"), ("diffusion ranks", "diffusion_ranks"),
+                        ("CFG-parallel", lambda r: "yes" if r["cfg_parallel"] else "no"),
+                        ("measured s (runs)", lambda r: f"{r['measured_s']:.2f} ({' / '.join(f'{t:.2f}' for t in r['runs_s'])})"),
+                        ("ideal s", "ideal_s"), ("efficiency", "efficiency"), ("speed-up", lambda r: f"{r['speedup']:.2f}x")],
+                 title="Part 5: one long video")
     overlap, latents = (1, 128, 50), (1, 128, 250)  # 1 s overlap; a whole 5 s segment (CFG velocity)
-    msgs = launch(_step_pingpong, 2, 30, [overlap, latents])[0]
-    for r in msgs:
-        r["fraction_of_step"] = r["one_way_s"] / args.lv_step_s
-        r["swap_fraction_of_branch"] = r["swap_s"] / (args.lv_step_s / 2)
-        print(f"step message {r['shape']}: one-way {r['one_way_s'] * 1e3:.3f} ms ({100 * r['fraction_of_step']:.1f} % of a "
-              f"step), swap {r['swap_s'] * 1e3:.3f} ms ({100 * r['swap_fraction_of_branch']:.1f} % of a branch)")
+    msgs = []
+    for mode in args.lv_p2p:
+        os.environ["FOLEY_DIST_STRICT_P2P"] = "1" if mode == "strict" else "0"
+        for r in launch(_step_pingpong, 2, 30, [overlap, latents])[0]:
+            msgs.append({**r, "p2p": mode, "fraction_of_step": r["one_way_s"] / args.lv_step_s,
+                         "swap_fraction_of_branch": r["swap_s"] / (args.lv_step_s / 2)})
+    benchio.emit(msgs, [("p2p", "p2p"), ("shape", "shape"), ("one-way ms", lambda r: f"{r['one_way_s'] * 1e3:.3f}"),
+                        ("% of a step", lambda r: f"{100 * r['fraction_of_step']:.1f}"),
+                        ("swap ms", lambda r: f"{r['swap_s'] * 1e3:.3f}"),
+                        ("% of a branch", lambda r: f"{100 * r['swap_fraction_of_branch']:.1f}")],
+                 title="Per-step messages (median of 28 ping-pongs)")
     return rows, msgs
 
 
@@ -466,6 +489,8 @@ def main() -> None:
     p.add_argument("--lv-ranks", default="1,2,4,6,8", type=lambda s: [int(x) for x in s.split(",")])
     p.add_argument("--lv-seams", default="joint,crossfade", type=lambda s: s.split(","))
     p.add_argument("--lv-repeats", type=int, default=3, help="part 5: runs per row; measured_s is their median")
+    p.add_argument("--lv-p2p", default="strict,gloo", type=lambda s: s.split(","),
+                   help="part 5: point-to-point modes (strict = NCCL's rules enforced on gloo)")
     args = p.parse_args()
 
     result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},
@@ -490,8 +515,7 @@ def main() -> None:
         result["runs"] += lv
         result["step_messages"] = msgs
     result["host"]["loadavg_end"] = os.getloadavg()
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(result, indent=1))
+    benchio.write_json(args.json, result)
     print(f"wrote {args.json}")
 
 

@@ -11,6 +11,9 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
+# Every multi-rank test (and every process it starts) runs under NCCL's point-to-point rules on gloo
+# (foley_dist/engine/strict.py); FOLEY_DIST_STRICT_P2P=0 runs the suite on plain gloo.
+os.environ.setdefault("FOLEY_DIST_STRICT_P2P", "1")
 
 
 @dataclass

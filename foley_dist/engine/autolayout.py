@@ -2,9 +2,10 @@
 
 A layout's makespan is predicted by replaying the exact static schedule the ranks execute
 (schedule.build_schedule) with fixed per-segment stage costs: a rank's compute of a group costs the
-sum of its stages' costs, a receive waits for the matching send plus `comm_s` and is posted as soon
-as the rank's previous receive completed (pipeline.execute's prefetch), and a send blocks while more
-than `max_inflight` of the rank's sends have not reached a posted receive (Transport.send).
+sum of its stages' costs, a receive is posted when the rank reaches it and completes `comm_s` after
+both it and the matching send are posted (transport.Link: stage messages are received just in time,
+a send moves once its receive is posted), and a send blocks while more than `max_inflight` of the
+rank's sends have not been delivered.
 For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated groups the
 steady-state period is max over groups of (group cost / replicas), and the replay also gets the
 fill, the drain and round-robin remainders right, which the closed form only bounds.
@@ -68,16 +69,14 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
            max_inflight: int | None = 2) -> float:
     """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds.
 
-    As in pipeline.execute and Transport: a rank posts each receive as soon as the previous one
-    completed; a send returns at once unless more than `max_inflight` of the rank's sends are
-    undelivered (None: never waits), and a send is delivered once it has arrived at a posted receive.
+    As in pipeline.execute and transport.Link: a rank posts a receive when it reaches it; a message
+    arrives `comm_s` after both its send and its receive are posted; a send returns at once unless more
+    than `max_inflight` of the rank's sends are undelivered (None: never waits).
     """
     clock = {r: 0.0 for r in prog}
     pc = {r: 0 for r in prog}
-    recvs = {r: [(a.peer, r, a.item) for a in acts if a.kind == "recv"] for r, acts in prog.items()}
-    posted = {keys[0]: 0.0 for keys in recvs.values() if keys}  # (src, dst, item) -> receive posted at
-    nrecv = {r: 0 for r in prog}
-    avail: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> time it is available at dst
+    posted: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> receive posted at
+    avail: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> send posted at
     inflight: dict[int, deque[tuple[int, int, int]]] = {r: deque() for r in prog}
     pending = set(prog)
     while pending:
@@ -89,7 +88,7 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                     oldest = inflight[r][0]
                     if oldest not in posted:
                         break
-                    clock[r] = max(clock[r], avail[oldest], posted[oldest])
+                    clock[r] = max(clock[r], avail[oldest] + comm_s, posted[oldest] + comm_s)
                     inflight[r].popleft()
                     moved = True
                     continue
@@ -99,17 +98,15 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                 a = acts[pc[r]]
                 if a.kind == "recv":
                     key = (a.peer, r, a.item)
+                    posted.setdefault(key, clock[r])
                     if key not in avail:
                         break
-                    clock[r] = max(clock[r], avail[key])
-                    nrecv[r] += 1
-                    if nrecv[r] < len(recvs[r]):
-                        posted[recvs[r][nrecv[r]]] = clock[r]
+                    clock[r] = max(clock[r], avail[key]) + comm_s
                 elif a.kind == "compute":
                     clock[r] += rank_cost[r]
                 elif a.kind in ("send", "fork"):
                     key = (r, a.peer, a.item)
-                    avail[key] = clock[r] + comm_s
+                    avail[key] = clock[r]
                     inflight[r].append(key)
                 pc[r] += 1
                 moved = True

@@ -171,39 +171,6 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
     return prog
 
 
-def peers(topo: Topology, rank: int) -> tuple[list[int], list[int]]:
-    """(upstream ranks this rank receives from, downstream ranks it sends to) — for end-of-stream."""
-    up, down = set(), set()
-    for g, group in enumerate(topo.groups):
-        if rank in group.partners:  # fed by the upstream group, like the owners
-            up |= set(topo.groups[g - 1].ranks)
-        if rank not in group.ranks:
-            continue
-        if g > 0:
-            up |= set(topo.groups[g - 1].ranks)
-        if g < len(topo.groups) - 1:
-            down |= set(topo.groups[g + 1].ranks) | set(topo.groups[g + 1].partners)
-        elif rank != topo.sink:
-            down.add(topo.sink)
-        if g == len(topo.groups) - 1 and rank == topo.sink:
-            up |= {r for r in group.ranks if r != rank}
-    return sorted(up), sorted(down)
-
-
-def step_links(topo: Topology, linked: Sequence[bool]) -> list[tuple[int, int, int]]:
-    """Per-step messages of joint sampling as data: (item, from rank, to rank) for every item n whose
-    predecessor it continues (`linked[n]`) and whose owner differs from the predecessor's; with CFG
-    pairs each branch talks to the same branch of the neighbour. Every step of n carries one."""
-    group, out = topo.groups[-1], []
-    for n in range(1, len(linked)):
-        if linked[n]:
-            pairs = [(group.owner(n - 1), group.owner(n))]
-            if group.partners:
-                pairs.append((group.partner(n - 1), group.partner(n)))
-            out += [(n, a, b) for a, b in pairs if a != b]
-    return out
-
-
 def format_grid(prog: dict[int, list[Action]]) -> str:
     """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect,
     `^3@1` fork to a CFG partner, `x3` drop."""

@@ -1,15 +1,18 @@
-"""Point-to-point messages over torch.distributed: a fixed-size frame (header + eager payload), then the rest.
+"""Point-to-point messages over torch.distributed, posted in the order the job's protocol fixes.
 
-The header (segment id, metadata, tensor names, dtypes and shapes as JSON) lets a receiver allocate
-exactly what arrives without guessing shapes. All tensors of a message travel as one byte buffer,
-so any dtype (bool, bf16, ...) crosses any backend. The first EAGER_BYTES of that buffer ride in the
-same fixed-size frame as the header, so a receiver can post the receive for its *next* message
-before it knows that message's size (`prefetch`); a larger payload follows as a second transfer of
-exactly its size. The frame is small because every message pays for all of it (gloo and NCCL match
-sizes exactly), on the sender's thread when the receive is already posted; the second transfer is
-written by the backend once the receiver posts it, off the sender's compute. Sends are non-blocking
-with a bounded number in flight (back-pressure); receives wait at most `timeout_s`, so a dead peer
-becomes an error instead of a hang. This module never imports a model.
+Every op of a rank goes through its `Link`, which holds the rank's program (engine/protocol.py: the
+job's ops in global key order) and posts each op when its turn comes: a send when the code has
+produced it and every earlier op is posted (until then it waits in memory), a receive when the code
+asks for it, or, for per-step messages whose shape the stage announced, as soon as its turn comes.
+That order is what keeps NCCL from deadlocking; strict mode (engine/strict.py) enforces NCCL's
+rules on gloo so the CPU tests prove it.
+
+Stage messages are a fixed-size frame (header: segment id, metadata, tensor names, dtypes and shapes
+as JSON, plus the first EAGER_BYTES of the payload), then the rest of the payload as a second
+transfer of exactly its size; all tensors travel as one byte buffer, so any dtype crosses any
+backend. Per-step messages (joint overlaps, CFG velocities) are exactly their fp32 values: both ends
+know the shapes. Waits end after `timeout_s`, so a dead peer becomes an error instead of a hang.
+This module never imports a model.
 """
 
 from __future__ import annotations
@@ -18,13 +21,16 @@ import json
 import math
 import os
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 
 import torch
 import torch.distributed as dist
 
+from foley_dist.engine import protocol, strict
 from foley_dist.engine.message import Message
+from foley_dist.engine.protocol import Op
 from foley_dist.errors import FoleyError
 
 HEADER_BYTES = 8192
@@ -66,6 +72,10 @@ def detect_env(device: str = "auto") -> Env:
     return Env(rank, world, local, dev, "nccl" if use_cuda else "gloo")
 
 
+_STORE = None  # the rendezvous store: strict mode's contact handshakes and deadlock reports
+_GROUPS: dict[str, object] = {}
+
+
 def init(env: Env, timeout_s: float) -> None:
     """Join the process group (torchrun's env:// rendezvous); no-op for a single process."""
     if env.world_size == 1 or dist.is_initialized():
@@ -76,14 +86,28 @@ def init(env: Env, timeout_s: float) -> None:
     store, _, _ = next(dist.rendezvous("env://", timeout=timeout))
     # torchrun --max-restarts keeps one store across attempts: keys of a dead attempt must not be read
     attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")
-    dist.init_process_group(env.backend, store=dist.PrefixStore(f"foley_dist/attempt{attempt}", store),
+    global _STORE
+    _STORE = dist.PrefixStore(f"foley_dist/attempt{attempt}", store)
+    dist.init_process_group(env.backend, store=_STORE,
                             rank=env.rank, world_size=env.world_size, timeout=timeout,
                             device_id=env.device if env.device.type == "cuda" else None)
 
 
 def shutdown() -> None:
     if dist.is_initialized():
+        _GROUPS.clear()
         dist.destroy_process_group()
+
+
+def groups(step_messages: bool) -> dict[str, object]:
+    """The process groups of the protocol: stage messages on the default group; per-step messages on
+    one group per direction (to a higher rank / to a lower one), so they never queue behind stage
+    frames and a swap's two halves use separate connections. Made once per process; collective, so
+    every rank calls it with the same `step_messages`."""
+    if step_messages and protocol.UP not in _GROUPS:
+        ranks = list(range(dist.get_world_size()))
+        _GROUPS[protocol.UP], _GROUPS[protocol.DOWN] = dist.new_group(ranks), dist.new_group(ranks)
+    return {protocol.STAGE: dist.group.WORLD, **_GROUPS}
 
 
 def encode_header(msg: Message) -> tuple[torch.Tensor, list[torch.Tensor]]:
@@ -150,66 +174,265 @@ def unpack(spec: dict, payload: torch.Tensor) -> dict[str, torch.Tensor]:
     }
 
 
-class Transport:
-    """Sends and receives `Message`s between ranks; the only place that calls torch.distributed p2p."""
+class ProtocolError(RuntimeError):
+    """The code asked for an op its program does not hold, or in another order: a foley_dist bug,
+    reported at once instead of a hang."""
 
-    def __init__(self, device: torch.device, timeout_s: float, max_inflight: int = 2):
-        self.device = device
+
+class Link:
+    """This rank's point-to-point endpoint: posts every op in the order of `program` (see the module
+    docstring). `step_messages`: whether the job has per-step messages (the same on every rank)."""
+
+    def __init__(self, rank: int, program: list[Op], device: torch.device, timeout_s: float,
+                 max_inflight: int = 2, step_messages: bool = True, step_window: int = 256):
+        self.rank, self.program, self.device = rank, program, device
         self.timeout = timedelta(seconds=timeout_s)
-        self.max_inflight = max_inflight
-        self._inflight: deque[tuple[int, list]] = deque()  # (dst, [works, buffers kept alive until done])
-        self._posted: dict[int, tuple[object, torch.Tensor]] = {}  # src -> (irecv work, frame buffer)
+        self.max_inflight, self.step_window = max_inflight, step_window
+        self._groups = groups(step_messages)
+        self._where = {(op.kind, op.tag, op.peer): i for i, op in enumerate(program)}
+        self._head = 0  # ops before it are posted, in program order
+        self._ready: dict[int, Callable[[], list]] = {}  # produced, waiting for their turn
+        self._posted: dict[int, object] = {}  # position -> gloo/NCCL works, or the strict stream's entry
+        self._unwaited: deque[int] = deque()  # posted sends, oldest first (gloo frees them only in wait)
+        self._received: dict[int, torch.Tensor] = {}
+        self._stream = strict.Stream(rank, dist.get_world_size(), _STORE, timeout_s) if strict.enabled() else None
 
-    def send(self, msg: Message, dst: int) -> None:
-        """Post the message without waiting for it, unless `max_inflight` sends are outstanding."""
+    # -- stage messages ------------------------------------------------------------------------------
+    def send_message(self, msg: Message, dst: int) -> None:
+        """Queue the message; it is posted when its turn in the program comes (at once, usually)."""
+        pos = self._find("send", ("msg", msg.segment), dst)
         header, tensors = encode_header(msg)
         payload = pack(tensors, self.device)
         frame = torch.empty(FRAME_BYTES, dtype=torch.uint8, device=self.device)  # bytes past the payload are never read
         frame[:HEADER_BYTES] = header.to(self.device)
         eager = min(payload.numel(), EAGER_BYTES)
         frame[HEADER_BYTES : HEADER_BYTES + eager] = payload[:eager]
-        works = [dist.isend(frame, dst)]
-        if payload.numel() > EAGER_BYTES:
-            works.append(dist.isend(payload[EAGER_BYTES:], dst))
-        self._inflight.append((dst, [works, frame, payload]))
-        while len(self._inflight) > self.max_inflight:
-            self._wait_oldest()
+        group = self._groups[protocol.STAGE]
 
-    def prefetch(self, src: int) -> None:
-        """Post the receive of the next frame from `src` now, so it arrives while this rank computes."""
-        if src not in self._posted:
-            frame = torch.empty(FRAME_BYTES, dtype=torch.uint8, device=self.device)
-            self._posted[src] = (dist.irecv(frame, src), frame)
+        def start() -> list:
+            works = [dist.isend(frame, dst, group=group)]
+            if payload.numel() > EAGER_BYTES:
+                works.append(dist.isend(payload[EAGER_BYTES:], dst, group=group))
+            return works
 
-    def recv(self, src: int) -> Message:
-        self.prefetch(src)
-        work, frame = self._posted.pop(src)
-        self._wait(work, src, "message")
+        self._ready[pos] = start
+        self._advance()
+        self._bound()
+
+    def recv_message(self, item: int, src: int) -> Message:
+        """Receive item's message from `src`: the frame, then (posted right after, before any other op,
+        as the sender's second transfer follows its frame) the rest of a large payload."""
+        pos = self._find("recv", ("msg", item), src)
+        self._advance()
+        self._check_turn(pos, now=True)
+        group = self._groups[protocol.STAGE]
+        frame = torch.empty(FRAME_BYTES, dtype=torch.uint8, device=self.device)
+        self._post(pos, lambda: [dist.irecv(frame, src, group=group)])
+        self._head = pos + 1
+        self._wait(pos)
         spec = decode_header(frame[:HEADER_BYTES])
+        if spec["segment"] != item:
+            raise ProtocolError(f"expected item {item} from rank {src}, got {spec['segment']}: ranks are out of step")
         total = payload_bytes(spec)
         payload = torch.empty(total, dtype=torch.uint8, device=self.device)
         eager = min(total, EAGER_BYTES)
         payload[:eager] = frame[HEADER_BYTES : HEADER_BYTES + eager]
-        if total > EAGER_BYTES:  # finish this message before any later frame from src is posted
-            self._wait(dist.irecv(payload[EAGER_BYTES:], src), src, f"payload of segment {spec['segment']}")
+        if total > EAGER_BYTES:
+            self._post(pos, lambda: [dist.irecv(payload[EAGER_BYTES:], src, group=group)])
+            self._wait(pos)
+        self._advance()
         return Message(spec["segment"], unpack(spec, payload), spec["meta"])
 
-    def flush(self) -> None:
-        """Wait until every posted send has been delivered."""
-        while self._inflight:
-            self._wait_oldest()
+    # -- per-step messages ---------------------------------------------------------------------------
+    def expect(self, tag: tuple, src: int, shape: tuple[int, ...]) -> None:
+        """Announce a per-step receive: it is posted as soon as its turn comes, before the code waits."""
+        pos = self._find("recv", tag, src)
+        buf = torch.empty(shape, dtype=torch.float32, device=self.device)
+        group = self._groups[protocol.step_group(src, self.rank)]
+        self._received[pos] = buf
+        self._ready[pos] = lambda: [dist.irecv(buf, src, group=group)]
+        self._advance()
+
+    def recv_step(self, tag: tuple, src: int) -> torch.Tensor:
+        pos = self._find("recv", tag, src)
+        if pos not in self._received:
+            raise ProtocolError(f"rank {self.rank}: {tag} from rank {src} was not announced with expect()")
+        self._advance()
+        self._check_turn(pos)
+        self._wait(pos)
+        return self._received.pop(pos)
+
+    def send_step(self, tag: tuple, tensor: torch.Tensor, dst: int) -> None:
+        pos = self._find("send", tag, dst)
+        buf = tensor.detach().to(self.device, torch.float32, copy=True).contiguous()
+        group = self._groups[protocol.step_group(self.rank, dst)]
+        self._ready[pos] = lambda: [dist.isend(buf, dst, group=group)]
+        self._advance()
+        self._bound()
+
+    def swap(self, tag: tuple, tensor: torch.Tensor, peer: int) -> torch.Tensor:
+        """Send this rank's tensor to `peer` and receive the peer's, posted together (NCCL's grouped
+        send/recv): neither half can wait for the other."""
+        pos = self._find("swap", tag, peer)
+        mine = tensor.detach().to(self.device, torch.float32, copy=True).contiguous()
+        theirs = torch.empty_like(mine)
+        out, back = self._groups[protocol.step_group(self.rank, peer)], self._groups[protocol.step_group(peer, self.rank)]
+        self._ready[pos] = lambda: [dist.isend(mine, peer, group=out), dist.irecv(theirs, peer, group=back)]
+        self._advance()
+        self._check_turn(pos)
+        self._wait(pos)
+        return theirs
+
+    # -- start-up and end ----------------------------------------------------------------------------
+    def connect(self) -> None:
+        """Connect every pair the job uses, one batched exchange per group, before any work: NCCL's
+        first op between two ranks blocks until the peer posts toward it, so no op of the run may be
+        a first contact. Collective: every rank calls it."""
+        peers = protocol.connections(self.program)
+        for name in (protocol.STAGE, protocol.UP, protocol.DOWN):
+            if name not in self._groups:
+                continue
+            group = self._groups[name]
+            dist.barrier(group=group)  # the communicator exists on every rank before its p2p
+            mine = peers.get(name, [])
+            if not mine:
+                continue
+            if self._stream is not None:
+                self._stream.contact(name, mine)
+            out = [torch.ones(1, device=self.device) for _ in mine]
+            back = [torch.empty(1, device=self.device) for _ in mine]
+            ops = [dist.P2POp(dist.isend, t, p, group) for t, p in zip(out, mine)]
+            ops += [dist.P2POp(dist.irecv, t, p, group) for t, p in zip(back, mine)]
+            self._sync(lambda: dist.batch_isend_irecv(ops), mine[0], f"the start-up connection on group {name}")
+
+    def finish(self) -> None:
+        """Every op of the program must have been posted; wait for the last sends."""
+        if self._head < len(self.program) or self._received:
+            left = self.program[self._head] if self._head < len(self.program) else "an announced receive"
+            raise ProtocolError(f"rank {self.rank} ended with ops of its program left (next: {left}); this is a bug in "
+                                "foley_dist")
+        while self._unwaited:
+            self._wait(self._unwaited.popleft())
+        if self._stream is not None:
+            self._stream.close()
 
     @property
-    def inflight(self) -> int:
-        return len(self._inflight)
+    def held(self) -> int:
+        """Send buffers kept: produced but not yet posted, or posted and not yet confirmed."""
+        return len(self._unwaited) + sum(self.program[p].kind == "send" for p in self._ready)
 
-    def _wait_oldest(self) -> None:
-        dst, (works, *_buffers) = self._inflight.popleft()
-        for w in works:
-            self._wait(w, dst, "send")
+    # -- internals -----------------------------------------------------------------------------------
+    def _find(self, kind: str, tag: tuple, peer: int) -> int:
+        pos = self._where.get((kind, tag, peer))
+        if pos is None:
+            raise ProtocolError(f"rank {self.rank}: {kind} {tag} with rank {peer} is not in this job's program; this is "
+                                "a bug in foley_dist")
+        return pos
 
-    def _wait(self, work, peer: int, what: str) -> None:
-        wait_for(work, peer, what, self.timeout)
+    def _check_turn(self, pos: int, now: bool = False) -> None:
+        """`pos` must be posted (or, with `now`, be the next op): else an earlier op was never produced."""
+        if pos != self._head if now else pos >= self._head:
+            first = self.program[min(self._head, pos)]
+            raise ProtocolError(
+                f"rank {self.rank} needs {self.program[pos]} but its program first expects {first}, which this rank's "
+                "code has not produced: the code and the protocol disagree (a bug in foley_dist)")
+
+    def _advance(self) -> None:
+        """Post every op whose turn has come and that the code has produced or asked for."""
+        while self._head in self._ready:
+            pos = self._head
+            self._head += 1
+            self._post(pos, self._ready.pop(pos))
+            if self.program[pos].kind == "send":
+                self._unwaited.append(pos)
+
+    def _post(self, pos: int, start: Callable[[], list]) -> None:
+        op = self.program[pos]
+        if self._stream is not None:
+            try:
+                for name in ((protocol.UP, protocol.DOWN) if op.kind == "swap" else (op.group,)):
+                    self._stream.contact(name, [op.peer])
+            except strict.StrictDeadlock as e:
+                raise PeerTimeout(str(e)) from e
+            self._posted[pos] = self._stream.submit(start, f"{op} (key {op.key})")
+            return
+        try:
+            self._posted[pos] = start()
+        except RuntimeError as e:  # a connection the peer already closed
+            raise PeerTimeout(f"rank {op.peer} failed during {op}: {str(e).splitlines()[0]}") from e
+
+    def _wait(self, pos: int) -> None:
+        op, handle = self.program[pos], self._posted.pop(pos)
+        if self._stream is None:
+            for work in handle:
+                wait_for(work, op.peer, str(op), self.timeout)
+        else:
+            try:
+                self._stream.wait(handle, self.timeout)
+            except strict.StrictDeadlock as e:
+                raise PeerTimeout(str(e)) from e
+            except RuntimeError as e:
+                raise PeerTimeout(f"rank {op.peer} failed during {op}: {str(e).splitlines()[0]}") from e
+        if op.kind != "send":  # sends before a completed receive were taken (so under NCCL's order): free them
+            while self._unwaited and self._unwaited[0] < pos:
+                self._wait(self._unwaited.popleft())
+
+    def _sync(self, start: Callable[[], list], peer: int, what: str) -> None:
+        if self._stream is None:
+            for work in start():
+                wait_for(work, peer, what, self.timeout)
+            return
+        try:
+            self._stream.wait(self._stream.submit(start, what), self.timeout)
+        except strict.StrictDeadlock as e:
+            raise PeerTimeout(str(e)) from e
+
+    def _bound(self) -> None:
+        """Back-pressure: at most `max_inflight` stage sends and `step_window` per-step sends posted
+        but unconfirmed; waiting on a posted op cannot deadlock (every op before it is posted too)."""
+        for limit, stage in ((self.max_inflight, True), (self.step_window, False)):
+            mine = [p for p in self._unwaited if (self.program[p].group == protocol.STAGE) == stage]
+            for pos in mine[: max(0, len(mine) - limit)]:
+                self._unwaited.remove(pos)
+                self._wait(pos)
+
+
+class StepLinks:
+    """The diffusion stage's per-step channel across ranks (joint overlaps, CFG-parallel velocities),
+    over the rank's Link. `owner(item)` is the rank sampling `item` in this rank's CFG branch;
+    `partner` the rank evaluating the other branch, if any."""
+
+    def __init__(self, link: Link, owner, partner: int | None, branch: int | None):
+        self.link, self.rank, self.owner, self.partner, self.branch = link, link.rank, owner, partner, branch
+        self._local: dict[tuple[int, int], torch.Tensor] = {}  # (item, step) -> tail from this rank or a resume
+
+    def preload(self, item: int, tails: torch.Tensor) -> None:
+        self._local.update({(item, step): t.to(self.link.device) for step, t in enumerate(tails)})
+
+    def open(self, item: int, steps: int, head: tuple[int, ...] | None, swap: tuple[int, ...] | None) -> None:
+        if swap is not None and self.partner is None:
+            raise RuntimeError("CFG-parallel velocity swap on a rank without a partner")
+        if head is not None and self.owner(item - 1) != self.rank and (item, 0) not in self._local:
+            for step in range(steps + 1):
+                self.link.expect(("tail", item, step), self.owner(item - 1), head)
+
+    def take(self, item: int, step: int) -> torch.Tensor:
+        if (item, step) in self._local:  # from this rank's own previous item, or preloaded
+            return self._local.pop((item, step))
+        return self.link.recv_step(("tail", item, step), self.owner(item - 1))
+
+    def give(self, item: int, step: int, tail: torch.Tensor) -> None:
+        if self.owner(item + 1) == self.rank:
+            self._local[(item + 1, step)] = tail.clone()
+        else:
+            self.link.send_step(("tail", item + 1, step), tail, self.owner(item + 1))
+
+    def swap(self, item: int, step: int, velocity: torch.Tensor) -> torch.Tensor:
+        return self.link.swap(("swap", item, step), velocity, self.partner)
+
+    @property
+    def held(self) -> int:
+        return len(self._local) + self.link.held
 
 
 def wait_for(work, peer: int, what: str, timeout: timedelta) -> None:
@@ -226,14 +449,6 @@ def wait_for(work, peer: int, what: str, timeout: timedelta) -> None:
             f"rank {peer} delivered nothing for {timeout.total_seconds():g} s ({what}); it is dead or stuck "
             "(raise hardware.timeout_s if a stage legitimately takes longer)"
         )
-
-
-def _posting(post, peer: int, what: str):
-    """Post an isend/irecv; a connection the peer already closed is reported like a failed wait."""
-    try:
-        return post()
-    except RuntimeError as e:
-        raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
 
 
 def gather_objects(obj, dst: int, world_size: int) -> list | None:
@@ -254,94 +469,3 @@ def broadcast_object(obj, src: int, world_size: int):
     return box[0]
 
 
-def step_groups() -> tuple:
-    """Process groups for per-step messages: one for messages to a higher rank, one for messages to a
-    lower rank. Their own groups keep them from queueing behind stage frames between the same two ranks
-    (NCCL matches point-to-point messages per communicator in posting order); one group per direction
-    keeps a swap's two simultaneous messages on separate connections, so neither end's send contends
-    with its receive. Collective: every rank calls it, in the same order."""
-    ranks = list(range(dist.get_world_size()))
-    return dist.new_group(ranks), dist.new_group(ranks)
-
-
-class StepLinks:
-    """Per-step messages between diffusion ranks (joint overlaps, CFG-parallel velocities): sized by
-    what they carry, no header; receives posted when an item opens, sends never block the sampler.
-
-    Both ends derive every shape from the schedule and the segments, so a message is exactly its
-    fp32 values plus an (item, step) stamp the receiver checks. `owner(item)` is the rank sampling
-    `item` in this rank's branch; `partner` is the rank evaluating the other CFG branch, if any;
-    `groups` are `step_groups()`.
-    """
-
-    def __init__(self, rank: int, owner, partner: int | None, branch: int | None, device: torch.device,
-                 timeout_s: float, groups: tuple):
-        self.rank, self.owner, self.partner, self.branch = rank, owner, partner, branch
-        self.device, self.timeout, self.groups = device, timedelta(seconds=timeout_s), groups
-        self._local: dict[tuple[str, int, int], torch.Tensor] = {}
-        self._posted: dict[tuple[str, int, int], tuple] = {}  # (kind, item, step) -> (irecv, buffer, src, shape)
-        self._sends: deque[tuple[object, torch.Tensor, int]] = deque()
-
-    def preload(self, item: int, tails: torch.Tensor) -> None:
-        self._local.update({("take", item, step): t.to(self.device) for step, t in enumerate(tails)})
-
-    def open(self, item: int, steps: int, head: tuple[int, ...] | None, swap: tuple[int, ...] | None) -> None:
-        # Sends of this rank's earlier items went to items that opened long ago (each waits only on a lower
-        # item, so this cannot deadlock): waiting frees their buffers, which gloo holds until waited on.
-        self.flush()
-        resumed = ("take", item, 0) in self._local
-        if head is not None and self.owner(item - 1) != self.rank and not resumed:
-            for step in range(steps + 1):
-                self._post("take", item, step, head, self.owner(item - 1))
-        if swap is not None:
-            if self.partner is None:
-                raise RuntimeError("CFG-parallel velocity swap on a rank without a partner")
-            for step in range(steps):
-                self._post("swap", item, step, swap, self.partner)
-
-    def take(self, item: int, step: int) -> torch.Tensor:
-        if ("take", item, step) in self._local:  # from this rank's own previous item, or preloaded
-            return self._local.pop(("take", item, step))
-        return self._receive("take", item, step)
-
-    def give(self, item: int, step: int, tail: torch.Tensor) -> None:
-        if self.owner(item + 1) == self.rank:
-            self._local[("take", item + 1, step)] = tail.clone()
-        else:
-            self._send(tail, item + 1, step, self.owner(item + 1))
-
-    def swap(self, item: int, step: int, velocity: torch.Tensor) -> torch.Tensor:
-        self._send(velocity, item, step, self.partner)
-        return self._receive("swap", item, step)
-
-    def flush(self) -> None:
-        while self._sends:
-            work, _, peer = self._sends.popleft()
-            wait_for(work, peer, "per-step send", self.timeout)
-
-    @property
-    def held(self) -> int:
-        """Send buffers kept until their delivery is confirmed (at most about one item's steps)."""
-        return len(self._sends)
-
-    def _post(self, kind: str, item: int, step: int, shape: tuple[int, ...], src: int) -> None:
-        buf = torch.empty(math.prod(shape) + 2, dtype=torch.float32, device=self.device)
-        group = self.groups[src > self.rank]  # messages travel on the group of their direction
-        work = _posting(lambda: dist.irecv(buf, src, group=group), src, f"step {step} of item {item} ({kind})")
-        self._posted[(kind, item, step)] = (work, buf, src, shape)
-
-    def _receive(self, kind: str, item: int, step: int) -> torch.Tensor:
-        work, buf, src, shape = self._posted.pop((kind, item, step))
-        wait_for(work, src, f"step {step} of item {item} ({kind})", self.timeout)
-        stamp = buf[-2:].tolist()
-        if stamp != [float(item), float(step)]:
-            raise RuntimeError(f"rank {src} sent step {stamp[1]:g} of item {stamp[0]:g}, expected step {step} of item "
-                               f"{item}: ranks are out of step")
-        return buf[:-2].view(shape)
-
-    def _send(self, tensor: torch.Tensor, item: int, step: int, dst: int) -> None:
-        stamp = torch.tensor([item, step], dtype=torch.float32, device=self.device)
-        buf = torch.cat([tensor.detach().to(self.device, torch.float32).reshape(-1), stamp])
-        group = self.groups[self.rank > dst]
-        work = _posting(lambda: dist.isend(buf, dst, group=group), dst, f"step {step} of item {item}")
-        self._sends.append((work, buf, dst))

@@ -105,6 +105,20 @@ def shared_frames(span: tuple[int, int], other: tuple[int, int]) -> int:
     return max(0, min(span[0] + span[1], other[0] + other[1]) - max(span[0], other[0]))
 
 
+def joined_items(metas: list[dict], latent_rate: int) -> list[bool]:
+    """Per item: whether it takes overlap frames from the item just before it at every step (joint
+    neighbours that share frames; a resumed segment's head is preloaded instead, see `preloaded`)."""
+    def span(start: float, end: float) -> tuple[int, int]:
+        return round(start * latent_rate), round((end - start) * latent_rate)
+
+    out = [False] * len(metas)
+    for n in range(1, len(metas)):
+        a, b = metas[n - 1], metas[n]
+        if b.get("joint_prev") and a.get("joint_next"):
+            out[n] = shared_frames(span(b["start"], b["end"]), span(*b["joint_prev"])) > 0
+    return out
+
+
 def link_neighbours(metas: list[dict]) -> None:
     """Mark consecutive segments of the same job as joint neighbours: meta gains `joint_prev` /
     `joint_next` = [start, end] of the neighbour, read by the stage to size its head and tail."""

@@ -16,7 +16,7 @@ import soundfile as sf
 import torch
 
 from foley_dist import synthetic
-from foley_dist.engine import transport
+from foley_dist.engine import protocol, transport
 from foley_dist.media.testclip import make_clip
 from tests.conftest import run_cli
 from tests.distributed.ranks import run_ranks
@@ -30,7 +30,7 @@ def _synthetic(rank: int, world: int, *args, **kwargs):
 
 
 def _sampled(world: int, layout: list[str], cfg_parallel: bool = False) -> dict[int, np.ndarray]:
-    out = run_ranks(_synthetic, world, layout, COSTS, 7, None, 2, 30.0, None, 6, "joint", cfg_parallel, timeout=120)
+    out = run_ranks(_synthetic, world, layout, COSTS, 7, None, 2, 30.0, 6, "joint", cfg_parallel, timeout=120)
     assert all(status == "ok" for status, _ in out.values()), out
     sink = out[world - 1][1]
     assert sink.received == [(n, synthetic.expected_audio_value(n), True) for n in range(7)]
@@ -49,7 +49,10 @@ def _long_chain(rank: int, world: int, items: int, steps: int) -> int:
     """Joint-style chain over two ranks (item n on rank n % 2); the most send buffers ever held."""
     env = transport.detect_env("cpu")
     transport.init(env, 30)
-    links = transport.StepLinks(rank, lambda n: n % 2, None, None, env.device, 30, transport.step_groups())
+    order = [("send", ("tail", n, step), (n - 1) % 2, n % 2) for n in range(1, items) for step in range(steps + 1)]
+    link = transport.Link(rank, protocol.programs_from(order)[rank], env.device, 30)
+    link.connect()
+    links = transport.StepLinks(link, lambda n: n % 2, None, None)
     most = 0
     for item in range(rank, items, 2):
         links.open(item, steps, (1, 4, 3) if item else None, None)
@@ -60,7 +63,7 @@ def _long_chain(rank: int, world: int, items: int, steps: int) -> int:
             if item < items - 1:
                 links.give(item, step, x)
             most = max(most, links.held)
-    links.flush()
+    link.finish()
     transport.shutdown()
     return most
 
@@ -90,7 +93,7 @@ def _dies_mid_sampling(rank: int, world: int, *args):
 def test_dead_neighbour_is_an_error_within_the_timeout():
     timeout_s = 8.0
     start = time.monotonic()
-    out = run_ranks(_dies_mid_sampling, 3, ["vision+fusion", "diffusion x2"], COSTS, 4, None, 2, timeout_s, None, 20,
+    out = run_ranks(_dies_mid_sampling, 3, ["vision+fusion", "diffusion x2"], COSTS, 4, None, 2, timeout_s, 20,
                     "joint", timeout=90)
     assert out[1] == ("exit", 9)
     status, text = out[2]

@@ -7,10 +7,10 @@ import time
 import torch.distributed as dist
 
 from foley_dist import synthetic
-from foley_dist.engine import transport
+from foley_dist.engine import protocol, transport
 from foley_dist.engine.metrics import Recorder
-from foley_dist.engine.pipeline import end_of_stream, execute
-from foley_dist.engine.schedule import Topology, build_schedule, peers
+from foley_dist.engine.pipeline import execute
+from foley_dist.engine.schedule import Topology, build_schedule
 from tests.distributed.ranks import run_ranks
 
 REPLICATED = ["vision+fusion", "diffusion x3"]
@@ -37,33 +37,35 @@ def test_slow_replica_completes_out_of_order_and_sink_reorders():
     assert res[3].received == [(n, synthetic.expected_audio_value(n), True) for n in range(9)]
 
 
-class _Watched(transport.Transport):
-    """Transport that records, after every send returns, how many sends are still in flight."""
+class _Watched(transport.Link):
+    """Link that records, after every send returns, how many sends it still holds."""
 
     def __init__(self, *args, **kwargs):
         super().__init__(*args, **kwargs)
-        self.after_send: list[tuple[int, float, int]] = []  # (item, unix time, in flight)
+        self.after_send: list[tuple[int, float, int]] = []  # (item, unix time, held)
 
-    def send(self, msg, dst):
-        super().send(msg, dst)
-        self.after_send.append((msg.segment, time.time(), self.inflight))
+    def send_message(self, msg, dst):
+        super().send_message(msg, dst)
+        self.after_send.append((msg.segment, time.time(), self.held))
 
 
 def _backpressure(rank: int, world: int, costs: dict[str, float], num_items: int, bound: int):
     env = transport.detect_env("cpu")
     topo = Topology.parse(["vision+fusion", "diffusion"], world)
     transport.init(env, 30)
-    tr = _Watched(env.device, 30, bound)
+    programs = protocol.check_job(topo, [protocol.ItemPlan()] * num_items, costs)
+    link = _Watched(rank, programs[rank], env.device, 30, bound, step_messages=False)
+    link.connect()
     sink = synthetic.RecordingSink() if rank == topo.sink else None
     rec = Recorder(rank, list(topo.stages_of(rank)), env.device)
     dist.barrier()
     stages = synthetic.build_stages(topo.stages_of(rank), costs)
-    execute(build_schedule(topo, num_items)[rank], stages, synthetic.work_items(num_items), tr, rec, sink)
-    end_of_stream(tr, *peers(topo, rank), rec)
+    execute(build_schedule(topo, num_items)[rank], stages, synthetic.work_items(num_items), link, rec, sink)
+    link.finish()
     o = rec.stats.origin_unix
     received = sorted(o + s.start + s.dur for s in rec.stats.spans if s.name == "recv" and s.item >= 0)
     transport.shutdown()
-    return tr.after_send if sink is None else received
+    return link.after_send if sink is None else received
 
 
 def test_fast_first_stage_is_held_back_by_a_slow_last_stage():
@@ -74,8 +76,8 @@ def test_fast_first_stage_is_held_back_by_a_slow_last_stage():
     sends, received = out[0][1], out[1][1]
     assert max(inflight for *_, inflight in sends[:items]) <= bound
     # Without back-pressure rank 0 would send everything in ~40 ms. With it, when the send of item
-    # n returns, the consumer has taken all but a few of items 0..n; gloo lets a message that fits in
-    # the socket buffers count as delivered, hence the slack of 2 over the in-flight bound.
+    # n returns, the consumer has taken all but a few of items 0..n; outside strict mode gloo lets a
+    # message that fits in the socket buffers count as delivered, hence the slack of 2 over the bound.
     for item, at, _ in sends[:items]:
         taken = sum(t <= at for t in received)
         assert item + 1 - taken <= bound + 2, (item, taken, sends, received)

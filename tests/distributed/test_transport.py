@@ -1,4 +1,5 @@
-"""Transport over real gloo ranks: round trips, timeouts, dead peers, back-pressure."""
+"""The Link over real gloo ranks: round trips in program order, timeouts, dead peers, back-pressure,
+large payloads, per-step receives posted ahead. (The distributed suite runs in strict mode.)"""
 
 import os
 import time
@@ -7,6 +8,7 @@ import torch
 
 from foley_dist.engine import transport
 from foley_dist.engine.message import Message
+from foley_dist.engine.protocol import programs_from
 from tests.distributed.ranks import run_ranks
 
 
@@ -16,40 +18,44 @@ def _tensors(i: int) -> dict[str, torch.Tensor]:
             "mask": torch.rand(4, generator=g) > 0.5, "idx": torch.arange(i + 1), "scalar": torch.tensor(float(i))}
 
 
-def _ring(rank: int, world: int):
+def _link(rank: int, messages: list, timeout_s: float = 20, **kw) -> transport.Link:
     env = transport.detect_env("cpu")
-    transport.init(env, 20)
-    tr = transport.Transport(env.device, 20)
+    transport.init(env, 30)
+    link = transport.Link(rank, programs_from(messages).get(rank, []), env.device, timeout_s, **kw)
+    link.connect()
+    return link
+
+
+def _ring(rank: int, world: int):
+    # program order: for each i, 0 -> 1, 1 -> 2, 2 -> 0; every rank's code sends first, then receives:
+    # rank 1 and 2 hold their send in memory until their receive has been posted
+    link = _link(rank, [("send", ("msg", i), r, (r + 1) % world) for i in range(3) for r in range(world)])
     nxt, prv = (rank + 1) % world, (rank - 1) % world
     got = []
-    for i in range(3):  # each rank sends to the next and receives from the previous
-        tr.send(Message(i, _tensors(10 * rank + i), {"from": rank}), nxt)
-        m = tr.recv(prv)
+    for i in range(3):
+        link.send_message(Message(i, _tensors(10 * rank + i), {"from": rank}), nxt)
+        m = link.recv_message(i, prv)
         exp = _tensors(10 * prv + i)
         got.append(m.segment == i and m.meta == {"from": prv} and all(
             torch.equal(m.tensors[k], v) and m.tensors[k].dtype == v.dtype for k, v in exp.items()))
-    tr.send(Message.end(), nxt)
-    end = tr.recv(prv)
-    tr.flush()
+    link.finish()
     transport.shutdown()
-    return got + [end.is_end]
+    return got
 
 
-def test_ring_round_trip_three_ranks():
+def test_ring_round_trip_three_ranks_in_program_order():
     out = run_ranks(_ring, 3)
     assert all(status == "ok" and all(v) for status, v in out.values()), out
 
 
 def _silent_peer(rank: int, world: int):
-    env = transport.detect_env("cpu")
-    transport.init(env, 30)
-    tr = transport.Transport(env.device, timeout_s=2)
+    link = _link(rank, [("send", ("msg", 0), 0, 1)], timeout_s=2)
     if rank == 0:
         time.sleep(6)  # never sends
         return None
     t = time.monotonic()
     try:
-        tr.recv(0)
+        link.recv_message(0, 0)
     except transport.PeerTimeout as e:
         return time.monotonic() - t, str(e)
     return "no error"
@@ -63,17 +69,15 @@ def test_recv_times_out_with_clear_error():
 
 
 def _dying_peer(rank: int, world: int):
-    env = transport.detect_env("cpu")
-    transport.init(env, 30)
-    tr = transport.Transport(env.device, timeout_s=30)
+    link = _link(rank, [("send", ("msg", 0), 0, 1), ("send", ("msg", 1), 0, 1)], timeout_s=30)
     if rank == 0:
-        tr.send(Message(0, {"x": torch.ones(3)}), 1)
-        tr.flush()
+        link.send_message(Message(0, {"x": torch.ones(3)}), 1)
+        link._wait(link._unwaited.popleft())  # delivered
         os._exit(17)  # dies without a goodbye
-    tr.recv(0)
+    link.recv_message(0, 0)
     t = time.monotonic()
     try:
-        tr.recv(0)
+        link.recv_message(1, 0)
     except transport.PeerTimeout as e:
         return time.monotonic() - t, str(e)
     return "no error"
@@ -87,19 +91,18 @@ def test_dead_peer_becomes_an_error_quickly():
 
 
 def _backpressure(rank: int, world: int, bound: int):
-    env = transport.detect_env("cpu")
-    transport.init(env, 30)
-    tr = transport.Transport(env.device, timeout_s=30, max_inflight=bound)
+    link = _link(rank, [("send", ("msg", i), 0, 1) for i in range(8)], timeout_s=30, max_inflight=bound)
     if rank == 0:
         peak = 0
         for i in range(8):
-            tr.send(Message(i, {"x": torch.randn(64, 1024)}), 1)
-            peak = max(peak, tr.inflight)
-        tr.flush()
+            link.send_message(Message(i, {"x": torch.randn(64, 1024)}), 1)
+            peak = max(peak, link.held)
+        link.finish()
         return peak
     for i in range(8):
         time.sleep(0.1)  # slow consumer
-        assert tr.recv(0).segment == i
+        assert link.recv_message(i, 0).segment == i
+    link.finish()
     return None
 
 
@@ -109,42 +112,57 @@ def test_inflight_sends_are_bounded():
 
 
 def _large_then_small(rank: int, world: int):
-    env = transport.detect_env("cpu")
-    transport.init(env, 30)
-    tr = transport.Transport(env.device, timeout_s=30)
+    link = _link(rank, [("send", ("msg", 0), 0, 1), ("send", ("msg", 1), 0, 1)], timeout_s=30)
     big = torch.arange(3 * transport.EAGER_BYTES // 4, dtype=torch.float32)  # 3x the eager part: needs a 2nd transfer
     if rank == 0:
-        tr.send(Message(0, {"big": big, "flag": torch.tensor([True])}), 1)
-        tr.send(Message(1, {"small": torch.ones(3)}), 1)
-        tr.flush()
+        link.send_message(Message(0, {"big": big, "flag": torch.tensor([True])}), 1)
+        link.send_message(Message(1, {"small": torch.ones(3)}), 1)
+        link.finish()
         return None
-    tr.prefetch(0)
-    first = tr.recv(0)
-    tr.prefetch(0)  # posted only after the first message's remainder: frames never match a payload
-    second = tr.recv(0)
+    first = link.recv_message(0, 0)
+    second = link.recv_message(1, 0)
+    link.finish()
     return torch.equal(first.tensors["big"], big) and first.tensors["flag"].item() and second.segment == 1
 
 
-def test_messages_larger_than_the_frame_and_prefetch_in_order():
+def test_messages_larger_than_the_frame_arrive_whole_and_in_order():
     out = run_ranks(_large_then_small, 2)
     assert out[1] == ("ok", True), out
 
 
-def _overlap(rank: int, world: int):
-    env = transport.detect_env("cpu")
-    transport.init(env, 30)
-    tr = transport.Transport(env.device, timeout_s=30)
+def _announced(rank: int, world: int):
+    link = _link(rank, [("send", ("tail", 1, 0), 0, 1)], timeout_s=30)
+    x = torch.arange(128 * 50, dtype=torch.float32).reshape(1, 128, 50)
     if rank == 0:
-        tr.send(Message(0, {"x": torch.randn(transport.EAGER_BYTES // 8)}), 1)  # lands in the eager part
-        tr.flush()
+        link.send_step(("tail", 1, 0), x, 1)
+        link.finish()
         return None
-    tr.prefetch(0)
-    time.sleep(1.0)  # "compute" while the message travels
+    link.expect(("tail", 1, 0), 0, (1, 128, 50))  # posted now, lands while this rank "computes"
+    time.sleep(1.0)
     t = time.monotonic()
-    tr.recv(0)
-    return time.monotonic() - t
+    got = link.recv_step(("tail", 1, 0), 0)
+    waited = time.monotonic() - t
+    link.finish()
+    return waited, torch.equal(got, x)
 
 
-def test_prefetched_message_arrives_during_compute():
-    out = run_ranks(_overlap, 2)
-    assert out[1][0] == "ok" and out[1][1] < 0.2, out  # nothing left to transfer after the "compute"
+def test_announced_per_step_receive_arrives_during_compute():
+    out = run_ranks(_announced, 2)
+    assert out[1][0] == "ok" and out[1][1][0] < 0.2 and out[1][1][1], out
+
+
+def _out_of_order(rank: int, world: int):
+    link = _link(rank, [("send", ("msg", 0), 0, 1), ("send", ("msg", 1), 0, 1)], timeout_s=5)
+    if rank == 0:
+        try:
+            link.send_message(Message(1, {}), 1)  # its turn never comes before message 0 is produced...
+            link.recv_message(7, 1)  # ...and this op is in no program
+        except transport.ProtocolError as e:
+            return str(e)
+        return "no error"
+    return None
+
+
+def test_an_op_outside_the_program_is_a_clear_error():
+    out = run_ranks(_out_of_order, 2)
+    assert out[0][0] == "ok" and "not in this job's program" in out[0][1], out

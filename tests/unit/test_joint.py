@@ -9,7 +9,8 @@ from foley_dist.audio.stitch import Stitcher
 from foley_dist.config import ModelConfig
 from foley_dist.engine.autolayout import predict_makespan
 from foley_dist.engine.message import Message
-from foley_dist.engine.schedule import Topology, build_schedule, peers, step_links
+from foley_dist.engine.protocol import ItemPlan, check_job, connections
+from foley_dist.engine.schedule import Topology, build_schedule
 from foley_dist.errors import FoleyError
 from foley_dist.media.segments import SegmentPlan
 from foley_dist.models.flow import flow_schedule, sample
@@ -110,10 +111,12 @@ def test_cfg_pairs_in_the_schedule():
     assert [str(a) for a in prog[0]][:6] == ["C0", "^0@1", ">0@3", "C1", "^1@2", ">1@4"]
     assert [str(a) for a in prog[1]] == ["<0@0", "C0", "x0", "<2@0", "C2", "x2"]
     assert [str(a) for a in prog[3]][:3] == ["<0@0", "C0", ">0@4"]
-    assert peers(topo, 0) == ([], [1, 2, 3, 4]) and peers(topo, 1) == ([0], []) and peers(topo, 3) == ([0], [4])
     assert predict_makespan(topo, {"vision": 0.1, "fusion": 0.0, "diffusion": 1.0}, 4) > 0  # no deadlock
-    links = step_links(topo, [False, True, True, True])
-    assert (1, 3, 4) in links and (1, 1, 2) in links and (2, 4, 3) in links and len(links) == 6
+    progs = check_job(topo, [ItemPlan(3, n > 0, True) for n in range(4)])
+    assert connections(progs[0]) == {"stage": [1, 2, 3, 4]}
+    assert connections(progs[1]) == {"stage": [0], "step_up": [2, 3], "step_down": [2, 3]}  # tails to 2, swaps with 3
+    tails = {(op.tag[1], r, op.peer) for r, ops in progs.items() for op in ops if op.tag[0] == "tail" and op.kind == "send"}
+    assert tails == {(1, 3, 4), (1, 1, 2), (2, 4, 3), (2, 2, 1), (3, 3, 4), (3, 1, 2)}  # each branch along its own chain
 
 
 @pytest.mark.parametrize("layout,world", [(["vision", "fusion", "diffusion x3"], 5), (["vision+fusion+diffusion x2"], 2)])
@@ -122,11 +125,14 @@ def test_cfg_parallel_needs_an_even_diffusion_only_group(layout, world):
         Topology.parse(layout, world, cfg_parallel=True)
 
 
-def test_step_links_skip_same_rank_neighbours():
-    topo = Topology.parse(["vision+fusion", "diffusion x2"], 3)
-    assert step_links(topo, [False, True, True]) == [(1, 1, 2), (2, 2, 1)]
-    single = Topology.parse(["vision+fusion+diffusion"], 1)
-    assert step_links(single, [False, True, True]) == []
+def test_same_rank_neighbours_exchange_no_messages():
+    def tails(layout, world):
+        progs = check_job(Topology.parse(layout, world), [ItemPlan(2, n > 0) for n in range(3)])
+        return sorted({(op.tag[1], r, op.peer) for r, ops in progs.items() for op in ops
+                       if op.tag[0] == "tail" and op.kind == "send"})
+
+    assert tails(["vision+fusion", "diffusion x2"], 3) == [(1, 1, 2), (2, 2, 1)]
+    assert tails(["vision+fusion+diffusion"], 1) == []
 
 
 def test_coherent_stitch_keeps_a_shared_signal_at_unit_gain():

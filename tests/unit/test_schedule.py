@@ -4,7 +4,8 @@ from collections import Counter
 
 import pytest
 
-from foley_dist.engine.schedule import Topology, build_schedule, format_grid, peers
+from foley_dist.engine.protocol import ItemPlan, check_job, connections
+from foley_dist.engine.schedule import Topology, build_schedule, format_grid
 from foley_dist.errors import FoleyError
 
 
@@ -68,10 +69,11 @@ def test_sink_computes_its_own_item_before_collecting_earlier_ones():
     assert sink == ["<1@0", "C1", "<0@1", "+0", "+1", "<3@0", "C3", "<2@1", "+2", "+3"]
 
 
-def test_grid_and_peers():
+def test_grid_and_the_peers_each_rank_connects_to():
     topo = Topology.parse(["vision", "fusion", "diffusion"], 3)
     grid = format_grid(build_schedule(topo, 2))
     assert grid.splitlines()[0].split() == ["rank", "0:", "C0", ">0@1", "C1", ">1@1"]
-    assert peers(topo, 1) == ([0], [2])
+    assert connections(check_job(topo, [ItemPlan()] * 2)[1]) == {"stage": [0, 2]}
     topo = Topology.parse(["vision+fusion", "diffusion x2"], 3)
-    assert peers(topo, 1) == ([0], [2]) and peers(topo, 2) == ([0, 1], [])
+    progs = check_job(topo, [ItemPlan()] * 2)
+    assert connections(progs[1]) == {"stage": [0, 2]} and connections(progs[2]) == {"stage": [0, 1]}
