@@ -32,6 +32,8 @@ from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.models.joint import link_neighbours
 from foley_dist.planning.estimates import stage_flops
+from foley_dist.planning.memory_options import MemoryOption
+from foley_dist.planning.plan import run_choice
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 
@@ -80,11 +82,11 @@ def sync_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | N
 
 
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
-                 parts: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
+                 parts: dict[str, torch.nn.Module], memory: MemoryOption = MemoryOption()) -> list[torch.nn.Module]:
     """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
     dit_dtype = autocast_dtype(cfg.hardware.precision, device)
     missing = tuple(p for p in stage_parts(names) if p not in parts)
-    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32))
+    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32, memory.fp8, memory.offload))
     dump, noise = getattr(cfg, "dump", None) is not None, getattr(cfg, "noise", None)
     model_id = f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"
     if cfg.model.config:
@@ -127,7 +129,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     `parts_cache` keeps the built model parts between calls (FoleyPipeline passes its own)."""
     env = transport.detect_env(cfg.hardware.device)
     spec = ModelSpec.for_config(cfg.model)
-    if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg.hardware.precision, env.device)]
+    memory, planned = run_choice(cfg, env.world_size, env.device, precision,
+                                 [(j.info.width, j.info.height, j.info.duration) for j in jobs])
+    if planned is not None:  # layout=auto on a GPU of known size: the planner's choice (foley-dist plan)
+        layout = planned
+    elif cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
         layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
@@ -165,9 +172,10 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     schedule = build_schedule(topo, len(items))[env.rank]
     mine = sum(a.kind == "compute" for a in schedule)
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
-                  f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else ""))
+                  f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
+                  + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
     with rec.span("build", "setup", -1):
-        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
+        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory)
     tr = transport.Transport(env.device, cfg.hardware.timeout_s, cfg.hardware.max_inflight) if env.world_size > 1 else None
     links = step_channel(topo, env, cfg.hardware.timeout_s, cfg.seam == "joint" or bool(topo.groups[-1].partners))
     if links is not None and "diffusion" in names:
@@ -220,7 +228,7 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
         ],
         "settings": {"segment_seconds": cfg.segment_seconds, "overlap_seconds": cfg.overlap_seconds, "seam": cfg.seam,
                      "cfg_parallel": cfg.diffusion.cfg_parallel, "steps": cfg.model.steps, "guidance_scale": cfg.model.guidance_scale, "decoder": cfg.decoder,
-                     "precision": cfg.hardware.precision},
+                     "precision": cfg.hardware.precision, "weights": cfg.hardware.weights, "offload": cfg.diffusion.offload},
         **summarize(ranks),
     }
     segments = sum(len(j.plan) for j in jobs) - resumed

@@ -57,9 +57,9 @@ ALL = (MemoryOption(), MemoryOption(fp8=True), MemoryOption(offload=True), Memor
 def candidates(weights: str, offload: str) -> list[MemoryOption]:
     """The options `hardware.weights` / `diffusion.offload` allow (auto: any), plain first."""
     if weights not in WEIGHTS:
-        raise FoleyError(f"weights={weights!r} is not one of {', '.join(WEIGHTS)}; fp8 stores the DiT blocks in e4m3")
+        raise FoleyError(f"weights={weights!r} (hardware.weights in a run) is not one of {', '.join(WEIGHTS)}; fp8 stores the DiT blocks in e4m3")
     if offload not in OFFLOAD:
-        raise FoleyError(f"offload={offload!r} is not one of {', '.join(OFFLOAD)}; blocks streams the DiT from host memory")
+        raise FoleyError(f"offload={offload!r} (diffusion.offload in a run) is not one of {', '.join(OFFLOAD)}; blocks streams the DiT from host memory")
     return [o for o in ALL if weights in ("auto", "fp8" if o.fp8 else "full")
             and offload in ("auto", "blocks" if o.offload else "none")]
 

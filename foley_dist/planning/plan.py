@@ -13,11 +13,12 @@ from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 
 from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
-from foley_dist.config import ModelConfig, VisionConfig
+from foley_dist.config import ModelConfig, RunConfig, VisionConfig
 from foley_dist.engine.autolayout import choose_layout
 from foley_dist.engine.schedule import STAGES, Topology, expand_layout
 from foley_dist.errors import DoesNotFit, FoleyError
@@ -317,3 +318,25 @@ def plan_command(overrides: list[str]) -> int:
     if not plan["fits"]:
         raise DoesNotFit(f"the job does not fit {cfg.gpus} GPU(s) of {cfg.gpu_memory} (plan above)")
     return 0
+
+
+def run_choice(run: RunConfig, world_size: int, device: torch.device, precision: str,
+               sizes: list[tuple[int, int, float]]) -> tuple[MemoryOption, list[str] | None]:
+    """The DiT memory option of a run, and the planner's layout when it made one.
+
+    `hardware.weights` / `diffusion.offload` set to auto take the planner's choice (the same as
+    `foley-dist plan`) when `layout=auto` without layout.costs / layout.memory_gb and the GPU size is
+    known (layout.capacity_gb, else the CUDA device's memory), planned for the largest of the jobs'
+    (width, height, duration) `sizes`; otherwise auto means off. A job that fits no option exits 5."""
+    allowed = candidates(run.hardware.weights, run.diffusion.offload)
+    capacity = run.layout.capacity_gb * 1e9 if run.layout.capacity_gb else (
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    if run.layout.ranks != ["auto"] or run.layout.costs or run.layout.memory_gb or capacity is None or not sizes:
+        return allowed[0], None
+    width, height, duration = max(sizes, key=lambda s: (s[0] * s[1], s[2]))
+    plan = make_plan(PlanConfig(resolution=f"{width}x{height}", duration=duration, gpus=world_size,
+                                gpu_memory=f"{capacity / 1e9}GB", precision=precision, segment_seconds=run.segment_seconds,
+                                overlap_seconds=run.overlap_seconds, vision=run.vision, model=run.model,
+                                weights=run.hardware.weights, offload=run.diffusion.offload))
+    chosen = plan["memory_option"]
+    return MemoryOption(chosen["weights"] == "fp8", chosen["offload"] == "blocks"), plan["layout"]
