@@ -148,7 +148,7 @@ def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, devic
         path = find_weights(root, spec.dit_file) if root is not None and part == "dit" else None
         fp8_dit = part == "dit" and (fp8 or (path is not None and is_fp8_file(path)))  # an fp8 file loads as fp8
         if part == "dit" and (fp8_dit or offload):
-            dit = random_part(spec, part, cfg.init_seed) if path is None else load_dit(spec.dit, path, dit_dtype, fp8_dit)
+            dit = random_part(spec, part, cfg.init_seed, device) if path is None else load_dit(spec.dit, path, dit_dtype, fp8_dit)
             out[part] = place_dit(dit, device, dit_dtype, fp8_dit, offload)
             continue
         module = random_part(spec, part, cfg.init_seed, device) if spec.name == "tiny" else _official_part(spec, part, root, device)
