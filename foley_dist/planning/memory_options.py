@@ -86,12 +86,13 @@ def _largest_fp8_matrix(cfg: HunyuanDiTConfig) -> int:
 
 def with_option(est: dict[str, StageEstimate], spec: ModelSpec, precision: str,
                 option: MemoryOption) -> dict[str, StageEstimate]:
-    """`est` with the diffusion stage's DiT weights under `option`; fp8 adds the compute-dtype copy
-    of the largest matrix that one matmul holds."""
-    plain, (device, _) = _dit_bytes(spec.dit, precision, False).total, dit_memory(spec, precision, option)
+    """`est` with the diffusion stage's DiT weights under `option`: on the device, and offloaded
+    blocks in (pinned) host memory; fp8 adds the compute-dtype copy of the largest matrix that one
+    matmul holds."""
+    plain, (device, host) = _dit_bytes(spec.dit, precision, False).total, dit_memory(spec, precision, option)
     cast = _largest_fp8_matrix(spec.dit) * BYTES[precision] if option.fp8 else 0
     d = est["diffusion"]
-    return {**est, "diffusion": dataclasses.replace(d, weights=d.weights - plain + device,
+    return {**est, "diffusion": dataclasses.replace(d, weights=d.weights - plain + device, host=d.host + host,
                                                     activations=d.activations + cast, cpu_work=d.cpu_work + cast)}
 
 
