@@ -32,9 +32,10 @@ commands:
   batch     manifest=jobs.jsonl|jobs.csv [output_root=out/batch results=PATH ...same settings as generate]
   launch    [--verbose] [torchrun options] -- generate|batch ...   torch's elastic agent; exits with the
             failing rank's code (2, 3, 4, 143) and prints its one line instead of torchrun's report
-  plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH]
-            per-stage memory, FLOPs and time share, recommended layout, whether it fits
-  convert   IN.pth OUT.safetensors   a release checkpoint as safetensors (memory-mapped, no pickle)
+  plan      video=PATH | resolution=2160p duration=120 [gpus=4 gpu_memory=80GB model=hunyuan_xxl precision=bf16 json=PATH
+            weights=auto|full|fp8 offload=auto|none|blocks]
+            per-stage memory, FLOPs and time share, DiT memory option (fp8 / block offload), layout, whether it fits
+  convert   [--fp8] IN.pth OUT.safetensors   a release checkpoint as safetensors (memory-mapped, no pickle; --fp8: fp8 DiT blocks)
   plot-trace TRACE.json OUT.png [--setup --title T]   a run's trace as a Gantt chart (needs the plot extra)
 Run under torchrun for one rank per stage; without it every stage runs in this process. See README.md."""
 

@@ -55,6 +55,9 @@ class HardwareConfig:
     timeout_s: float = 600.0
     max_inflight: int = 2  # sends outstanding per rank before it waits (back-pressure)
     threads: int = 1  # torch CPU threads per rank; results are bit-identical only at equal thread counts; 0 = torch's default
+    # DiT block weights: full (stored in `precision`) | fp8 (e4m3 + per-channel scales, half of bf16, see
+    # README "Any GPU size") | auto (full; with layout=auto whatever the planner picks to fit the GPU)
+    weights: str = "auto"
 
 
 @dataclass
@@ -79,6 +82,9 @@ class DiffusionConfig:
     # evaluate the unconditional and conditional CFG branches separately; with paired diffusion ranks
     # (layout 'diffusion x2K') each pair splits them and swaps velocities every step
     cfg_parallel: bool = False
+    # none | blocks (the DiT's blocks stay in host memory and stream in one ahead of use: fits small GPUs,
+    # costs host-to-device copies) | auto (none; with layout=auto whatever the planner picks to fit the GPU)
+    offload: str = "auto"
 
 
 @dataclass

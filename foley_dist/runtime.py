@@ -33,6 +33,8 @@ from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.models.joint import joined_items, link_neighbours
 from foley_dist.planning.estimates import stage_flops
+from foley_dist.planning.memory_options import MemoryOption
+from foley_dist.planning.plan import run_choice
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 
@@ -91,11 +93,11 @@ def sync_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | N
 
 
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
-                 parts: dict[str, torch.nn.Module]) -> list[torch.nn.Module]:
+                 parts: dict[str, torch.nn.Module], memory: MemoryOption = MemoryOption()) -> list[torch.nn.Module]:
     """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
     dit_dtype = autocast_dtype(cfg.hardware.precision, device)
     missing = tuple(p for p in stage_parts(names) if p not in parts)
-    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32))
+    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32, memory.fp8, memory.offload))
     dump, noise = getattr(cfg, "dump", None) is not None, getattr(cfg, "noise", None)
     model_id = f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"
     if cfg.model.config:
@@ -138,7 +140,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     `parts_cache` keeps the built model parts between calls (FoleyPipeline passes its own)."""
     env = transport.detect_env(cfg.hardware.device)
     spec = ModelSpec.for_config(cfg.model)
-    if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
+    precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg.hardware.precision, env.device)]
+    memory, planned = run_choice(cfg, env.world_size, env.device, precision,
+                                 [(j.info.width, j.info.height, j.info.duration) for j in jobs])
+    if planned is not None:  # layout=auto on a GPU of known size: the planner's choice (foley-dist plan)
+        layout = planned
+    elif cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
         layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
@@ -176,11 +183,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     schedule = build_schedule(topo, len(items))[env.rank]
     mine = sum(a.kind == "compute" for a in schedule)
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
-                  f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else ""))
+                  f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
+                  + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
     link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec), env,
                      cfg.hardware.timeout_s, cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
-        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
+        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory)
     links = step_channel(topo, link, env.rank) if link is not None else None
     if links is not None:
         stages[names.index("diffusion")].channel = links
@@ -231,7 +239,7 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
         ],
         "settings": {"segment_seconds": cfg.segment_seconds, "overlap_seconds": cfg.overlap_seconds, "seam": cfg.seam,
                      "cfg_parallel": cfg.diffusion.cfg_parallel, "steps": cfg.model.steps, "guidance_scale": cfg.model.guidance_scale, "decoder": cfg.decoder,
-                     "precision": cfg.hardware.precision},
+                     "precision": cfg.hardware.precision, "weights": cfg.hardware.weights, "offload": cfg.diffusion.offload},
         **summarize(ranks),
     }
     segments = sum(len(j.plan) for j in jobs) - resumed

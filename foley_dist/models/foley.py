@@ -23,6 +23,7 @@ from foley_dist.errors import FoleyError
 from foley_dist.models.checkpoint import load_into, load_state_dict
 from foley_dist.models.clap import TextEncoder, TextEncoderConfig
 from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
+from foley_dist.models.dit_memory import is_fp8_file, load_dit, place_dit
 from foley_dist.models.hunyuan_dit import CONDITION_PREFIXES, HunyuanDiT, HunyuanDiTConfig, strip_to_condition
 from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
 from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig
@@ -135,14 +136,21 @@ def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:
 
 
 def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device,
-                dit_dtype: torch.dtype = torch.float32) -> dict[str, nn.Module]:
+                dit_dtype: torch.dtype = torch.float32, fp8: bool = False, offload: bool = False) -> dict[str, nn.Module]:
     """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`.
 
     The DiT (and its condition projections) is cast to `dit_dtype`, as the release casts it to bf16
-    on GPU; every other part stays fp32."""
+    on GPU; every other part stays fp32. `fp8` / `offload`: the whole DiT's memory options
+    (models/dit_memory.py), built in host memory first."""
     root = weights_root(spec, cfg)
     out = {}
     for part in parts:
+        path = find_weights(root, spec.dit_file) if root is not None and part == "dit" else None
+        fp8_dit = part == "dit" and (fp8 or (path is not None and is_fp8_file(path)))  # an fp8 file loads as fp8
+        if part == "dit" and (fp8_dit or offload):
+            dit = random_part(spec, part, cfg.init_seed, device) if path is None else load_dit(spec.dit, path, dit_dtype, fp8_dit)
+            out[part] = place_dit(dit, device, dit_dtype, fp8_dit, offload)
+            continue
         module = random_part(spec, part, cfg.init_seed, device) if spec.name == "tiny" else _official_part(spec, part, root, device)
         dtype = dit_dtype if part in ("dit", "dit_condition") else None
         out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)

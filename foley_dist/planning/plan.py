@@ -1,22 +1,26 @@
 """Resource planner (`foley-dist plan`): model x precision x resolution x duration x GPUs -> memory per
-stage, time shares, layout, and whether it fits. The estimates themselves live in `estimates.py`;
-this module turns them into a recommended layout and the printed / JSON plan.
+stage, time shares, layout, and whether it fits. The estimates themselves live in `estimates.py`,
+the diffusion stage's memory options (fp8 weights, block offload) in `memory_options.py`; this
+module turns them into a recommended option and layout and the printed / JSON plan.
 """
 
 
 from __future__ import annotations
 
+import math
 import re
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Optional
 
+import torch
 from hydra.core.config_store import ConfigStore
 
 from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
-from foley_dist.config import ModelConfig, VisionConfig
+from foley_dist.config import ModelConfig, RunConfig, VisionConfig
 from foley_dist.engine.autolayout import choose_layout
-from foley_dist.engine.schedule import STAGES, Topology
+from foley_dist.engine.schedule import STAGES, Topology, expand_layout
 from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.media.segments import SegmentPlan
 from foley_dist.media.video import probe
@@ -32,9 +36,9 @@ from foley_dist.planning.estimates import (
     StageEstimate,
     estimate_stages,
     part_params,
-    rank_gpu_bytes,
     tile_grid,
 )
+from foley_dist.planning.memory_options import MemoryOption, candidates, dit_memory, rank_bytes, relative_time, with_option
 
 RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080),
                "1440p": (2560, 1440), "2160p": (3840, 2160), "4k": (3840, 2160)}
@@ -57,6 +61,8 @@ class PlanConfig:
     segment_seconds: float = 5.0
     overlap_seconds: float = 1.0
     json: Optional[str] = None  # also write the plan as JSON here
+    weights: str = "auto"  # DiT block weights: auto (plan picks) | full | fp8 (as hardware.weights)
+    offload: str = "auto"  # auto (plan picks) | none | blocks (as diffusion.offload)
     vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -64,7 +70,7 @@ class PlanConfig:
 ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
-def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], precision: str, gpus: int,
+def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...]], int], precision: str, gpus: int,
                      segments: int, budget: int) -> list[str]:
     """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
 
@@ -74,7 +80,7 @@ def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], prec
     costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
     topo = Topology.parse(layout, gpus)
-    if all(rank_gpu_bytes(g.stages, est, params, precision) <= budget for g in topo.groups):
+    if all(rank_bytes(g.stages) <= budget for g in topo.groups):
         return layout
     memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
     try:
@@ -149,6 +155,72 @@ def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int
             f"{grid.images_per_frame}x the SigLIP work")
 
 
+@dataclass
+class OptionPlan:
+    """One memory option's layout for the job, or why it does not fit."""
+
+    option: MemoryOption
+    spec: ModelSpec
+    est: dict[str, StageEstimate]
+    params: dict[str, int]
+    precision: str
+    seconds: float
+    layout: list[str] | None
+    error: DoesNotFit | None
+
+    @classmethod
+    def make(cls, spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
+             cfg: PlanConfig, segments: int, budget: int, option: MemoryOption) -> "OptionPlan":
+        est = with_option(est, spec, precision, option)
+        plan = cls(option, spec, est, params, precision, cfg.segment_seconds, None, None)
+        too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
+        try:
+            if too_big:
+                s = too_big[0]
+                hint = "precision=bf16, " if precision == "fp32" else ""
+                raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs "
+                                 f"{est[s].gpu_bytes() / 1e9:.1f} GB but gpu_memory={cfg.gpu_memory}; use {hint}GPUs "
+                                 "with more memory or a smaller model")
+            plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget)
+        except DoesNotFit as e:
+            plan.error = e
+        return plan
+
+    @property
+    def fits(self) -> bool:
+        return self.layout is not None
+
+    @property
+    def relative_time(self) -> float:
+        return relative_time(self.spec, self.seconds, self.precision, self.option)
+
+    def rank_bytes(self, stages: tuple[str, ...]) -> int:
+        return rank_bytes(stages, self.est, self.params, self.precision, self.spec, self.option)
+
+    def summary(self) -> dict:
+        device, host = dit_memory(self.spec, self.precision, self.option)
+        ranks = Topology.parse(self.layout, len(expand_layout(self.layout))).groups if self.fits else ()
+        return {"option": self.option.name, "fits": self.fits, "layout": self.layout,
+                "largest_rank_bytes": max((self.rank_bytes(g.stages) for g in ranks), default=None),
+                "diffusion_stage_bytes": self.est["diffusion"].gpu_bytes(),
+                "dit_device_bytes": device, "dit_host_bytes": host,
+                "relative_time": round(self.relative_time, 3), "why_not": str(self.error) if self.error else None}
+
+
+def smallest_fit(spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
+                 cfg: PlanConfig, segments: int, options: list[OptionPlan]) -> tuple[int, MemoryOption]:
+    """The least memory per GPU (to 0.1 GB) with which one of `options` fits cfg.gpus GPUs, and that option."""
+    best = None
+    for o in options:
+        lo, hi = 0, int(1e13)
+        while hi - lo > 1e8:  # fitting is monotone in the budget
+            mid = (lo + hi) // 2
+            lo, hi = (lo, mid) if OptionPlan.make(spec, est, params, precision, cfg, segments, mid, o.option).fits else (mid, hi)
+        if best is None or hi < best[0]:
+            best = (hi, o.option)
+    return best
+
+
 def make_plan(cfg: PlanConfig) -> dict:
     """The plan as a JSON-ready dict; raises FoleyError for configurations that cannot run."""
     if cfg.gpus < 1:
@@ -161,15 +233,21 @@ def make_plan(cfg: PlanConfig) -> dict:
     params = part_params(spec)
     est = estimate_stages(spec, precision, cfg.segment_seconds, width, height, cfg.model.steps, cfg.model.guidance_scale,
                           cfg.vision, params)
-    too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
-    if too_big:
-        s = too_big[0]
-        hint = "precision=bf16, " if precision == "fp32" else ""
-        raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
-                         f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
-    layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
+    options = [OptionPlan.make(spec, est, params, precision, cfg, segments, budget, o)
+               for o in candidates(cfg.weights, cfg.offload)]
+    fitting = [o for o in options if o.fits]
+    if not fitting:
+        if len(options) == 1:  # the option was fixed: its own reason
+            raise options[0].error
+        need, option = smallest_fit(spec, est, params, precision, cfg, segments, options)
+        raise DoesNotFit(f"model={spec.name} precision={precision}: no memory option fits {cfg.gpus} GPU(s) of "
+                         f"{cfg.gpu_memory}; the smallest that fits is {cfg.gpus} GPU(s) of {math.ceil(need / 1e8) / 10:.1f} GB "
+                         f"with {option.name} (weights={'fp8' if option.fp8 else 'full'} "
+                         f"offload={'blocks' if option.offload else 'none'})")
+    chosen = min(fitting, key=lambda o: (round(o.relative_time, 2), o.option.fp8))  # fastest; exact weights on a tie
+    est, layout = chosen.est, chosen.layout
     total_flops = sum(e.flops for e in est.values())
-    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": rank_gpu_bytes(g.stages, est, params, precision),
+    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": chosen.rank_bytes(g.stages),
               "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
              for g in Topology.parse(layout, cfg.gpus).groups]
     return {
@@ -184,6 +262,9 @@ def make_plan(cfg: PlanConfig) -> dict:
         "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
                        "host_bytes": int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + e.host), "time_share": e.flops / total_flops}
                    for s, e in est.items()},
+        "memory_option": {"name": chosen.option.name, "weights": "fp8" if chosen.option.fp8 else "full",
+                          "offload": "blocks" if chosen.option.offload else "none"},
+        "options": [o.summary() for o in options],
         "layout": layout,
         "ranks": ranks,
         "fits": all(r["gpu_bytes"] <= budget for r in ranks),
@@ -206,6 +287,14 @@ def format_plan(plan: dict) -> str:
     for name, s in plan["stages"].items():
         lines.append(f"{name:<10} {s['weights'] / gb:>10.3f} {s['activations'] / gb:>10.3f} {s['gpu_bytes'] / gb:>8.2f} "
                      f"{s['host_bytes'] / gb:>8.2f} {s['flops'] / 1e9:>10.1f} {s['time_share']:>6.1%}")
+    lines += ["", f"{'DiT memory option':<18} {'fits':>4} {'DiT GPU GB':>10} {'DiT host GB':>11} {'largest rank GB':>15} "
+                  f"{'time vs plain':>13}  layout"]
+    for o in plan["options"]:
+        largest = f"{o['largest_rank_bytes'] / gb:.2f}" if o["fits"] else f"(diffusion {o['diffusion_stage_bytes'] / gb:.2f})"
+        lines.append(f"{o['option']:<18} {'yes' if o['fits'] else 'no':>4} {o['dit_device_bytes'] / gb:>10.2f} "
+                     f"{o['dit_host_bytes'] / gb:>11.2f} {largest:>15} {o['relative_time']:>12.2f}x  {o['layout'] or '-'}")
+    lines.append(f"chosen: {plan['memory_option']['name']} (run with hardware.weights={plan['memory_option']['weights']} "
+                 f"diffusion.offload={plan['memory_option']['offload']}); time vs plain is an estimate (planning/memory_options.py)")
     lines += ["", f"layout: {plan['layout']}", f"{'ranks':<8} {'stages':<26} {'GPU GB':>8} {'fits':>5}"]
     for r in plan["ranks"]:
         ranks = str(r["ranks"][0]) + (f"-{r['ranks'][-1]}" if len(r["ranks"]) > 1 else "")
@@ -229,3 +318,25 @@ def plan_command(overrides: list[str]) -> int:
     if not plan["fits"]:
         raise DoesNotFit(f"the job does not fit {cfg.gpus} GPU(s) of {cfg.gpu_memory} (plan above)")
     return 0
+
+
+def run_choice(run: RunConfig, world_size: int, device: torch.device, precision: str,
+               sizes: list[tuple[int, int, float]]) -> tuple[MemoryOption, list[str] | None]:
+    """The DiT memory option of a run, and the planner's layout when it made one.
+
+    `hardware.weights` / `diffusion.offload` set to auto take the planner's choice (the same as
+    `foley-dist plan`) when `layout=auto` without layout.costs / layout.memory_gb and the GPU size is
+    known (layout.capacity_gb, else the CUDA device's memory), planned for the largest of the jobs'
+    (width, height, duration) `sizes`; otherwise auto means off. A job that fits no option exits 5."""
+    allowed = candidates(run.hardware.weights, run.diffusion.offload)
+    capacity = run.layout.capacity_gb * 1e9 if run.layout.capacity_gb else (
+        torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
+    if run.layout.ranks != ["auto"] or run.layout.costs or run.layout.memory_gb or capacity is None or not sizes:
+        return allowed[0], None
+    width, height, duration = max(sizes, key=lambda s: (s[0] * s[1], s[2]))
+    plan = make_plan(PlanConfig(resolution=f"{width}x{height}", duration=duration, gpus=world_size,
+                                gpu_memory=f"{capacity / 1e9}GB", precision=precision, segment_seconds=run.segment_seconds,
+                                overlap_seconds=run.overlap_seconds, vision=run.vision, model=run.model,
+                                weights=run.hardware.weights, offload=run.diffusion.offload))
+    chosen = plan["memory_option"]
+    return MemoryOption(chosen["weights"] == "fp8", chosen["offload"] == "blocks"), plan["layout"]

@@ -104,6 +104,9 @@ def test_tight_memory_splits_the_stages():
     assert sum(len(g.ranks) for g in topo.groups if "diffusion" in g.stages) >= 2
 
 
+PLAIN = ("weights=full", "offload=none")  # the DiT memory options off: the plain layout only
+
+
 @pytest.mark.parametrize("overrides,needle", [
     (["resolution=1080p", "duration=60", "gpus=0"], "gpus=0"),
     (["resolution=1080p", "duration=0"], "duration=0.0 must be > 0"),
@@ -113,10 +116,13 @@ def test_tight_memory_splits_the_stages():
     (["resolution=1080p"], "pass duration="),
     (["resolution=1080p", "duration=60", "gpu_memory=lots"], "gpu_memory='lots'"),
     (["resolution=1080p", "duration=60", "precision=fp8"], "precision='fp8'"),
-    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpu_memory=16GB", "precision=fp32"],
+    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpu_memory=16GB", "precision=fp32", *PLAIN],
      "alone needs"),
-    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", "gpu_memory=23GB", "precision=fp32"],
+    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", "gpu_memory=23GB", "precision=fp32", *PLAIN],
      "no layout of 1 GPU(s) fits"),
+    (["model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", "gpu_memory=2GB"],
+     "no memory option fits 1 GPU(s) of 2GB; the smallest that fits is 1 GPU(s) of"),
+    (["resolution=1080p", "duration=60", "weights=fp16"], "weights='fp16'"),
 ])
 def test_impossible_configs_are_refused_in_one_line(overrides, needle):
     with pytest.raises(FoleyError) as e:
@@ -154,7 +160,32 @@ def test_plan_command_prints_and_writes_json(tmp_path, capsys):
 def test_plan_command_exits_5_when_the_job_does_not_fit(memory, capsys):
     from foley_dist import cli
 
-    code = cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={memory}"])
+    code = cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={memory}", *PLAIN])
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 5 and len(err) == 1 and err[0].startswith("foley-dist: error:")
     assert cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=4"]) == 0
+
+
+@pytest.mark.parametrize("model", ["hunyuan_xl", "hunyuan_xxl"])
+@pytest.mark.parametrize("gpus,memory", [(1, "8GB"), (2, "8GB"), (4, "8GB"), (1, "12GB"), (1, "16GB"), (1, "24GB"), (8, "80GB")])
+def test_plan_picks_the_fastest_memory_option_that_fits(model, gpus, memory):
+    """The issue's GPU configurations: each fits with some option, the chosen one is the fastest that
+    fits, its ranks fit, and plain is chosen whenever it fits."""
+    p = plan.make_plan(_cfg(f"model={model}", "resolution=1080p", "duration=60", f"gpus={gpus}", f"gpu_memory={memory}"))
+    options = {o["option"]: o for o in p["options"]}
+    assert set(options) == {"plain", "fp8", "offload", "fp8+offload"} and p["fits"]
+    chosen = options[p["memory_option"]["name"]]
+    assert chosen["fits"] and chosen["layout"] == p["layout"]
+    assert chosen["relative_time"] == min(o["relative_time"] for o in options.values() if o["fits"])
+    assert all(r["gpu_bytes"] <= p["gpu_memory_bytes"] for r in p["ranks"])
+    assert options["plain"]["fits"] == (chosen["option"] == "plain")
+    assert options["offload"]["dit_device_bytes"] < options["fp8"]["dit_device_bytes"] < options["plain"]["dit_device_bytes"]
+
+
+def test_the_smallest_fit_named_on_exit_5_fits():
+    with pytest.raises(FoleyError) as e:
+        plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", "gpu_memory=2GB"))
+    need = float(str(e.value).split("the smallest that fits is 1 GPU(s) of ")[1].split(" GB")[0])
+    assert plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={need}GB"))["fits"]
+    with pytest.raises(FoleyError):
+        plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={need - 0.2}GB"))
