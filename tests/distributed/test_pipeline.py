@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import soundfile as sf
 
+from foley_dist.media.testclip import make_clip
 from tests.conftest import run_cli
 
 FAST = ["model.steps=6", "progress=false", "prompt=rain on a tin roof", "vision.cache=off"]  # every run computes its features
@@ -80,8 +81,6 @@ def test_layout_world_size_mismatch_is_a_clear_error(clip12, tmp_path):
 
 def test_4k_clip_streams_with_bounded_memory_per_rank(media_dir, tmp_path):
     """A 12 s 3840x2160 clip on 3 ranks: frames are decoded per segment straight at encoder size."""
-    from foley_dist.media.testclip import make_clip
-
     clip = make_clip(media_dir / "uhd.mp4", seconds=12, width=3840, height=2160, fps=24, seed=2)
     _, _, report = _generate(clip, tmp_path / "uhd.wav", nproc=3, extra=["model.steps=2"])
     assert report["jobs"][0]["size"] == [3840, 2160]
@@ -89,3 +88,12 @@ def test_4k_clip_streams_with_bounded_memory_per_rank(media_dir, tmp_path):
     assert len(peaks) == 3 and max(peaks) < 3 * 1024, peaks  # GiB bound from the issue; measured ~0.6 GiB
     # one full 4K RGB frame is 24 MiB; 12 s at 24 fps held in memory would be 7 GiB on the vision rank
 
+
+
+def test_one_segment_clip_on_a_wide_layout_equals_one_process(tmp_path):
+    """A 4 s clip is one segment: two of the three diffusion replicas get no work (under the old
+    protocol their end-of-stream first contacts formed a cycle that NCCL would never resolve)."""
+    clip = make_clip(tmp_path / "clip4.mp4", seconds=4, width=160, height=96, fps=24, seed=3)
+    one, *_ = _generate(clip, tmp_path / "one.wav")
+    wide, _, report = _generate(clip, tmp_path / "wide.wav", nproc=5, extra=["layout.ranks=[vision,fusion,diffusion x3]"])
+    assert np.array_equal(wide, one) and report["world_size"] == 5
