@@ -149,12 +149,13 @@ def main() -> None:
     columns = [("source", lambda r: f"{r['resolution']} {r['width']}x{r['height']}"), ("mode", "mode"),
                ("peak MB", lambda r: f"{r['peak_mb']:.1f}"), ("plan MB", lambda r: f"{r['plan_mb']:.1f}"),
                ("error", lambda r: f"{r['error']:+.1%}"), ("decode s", "wall_s"), ("x realtime", lambda r: f"{r['realtime']:.1f}")]
-    base, frames = fit_decoder(rows)
+    base, frames = fit_decoder(rows) if len(args.resolutions) > 1 else (None, None)  # a line needs two sizes
     benchio.emit(rows, columns, args.json,
                  payload={"rows": rows, "fitted_decoder_base": base, "fitted_decoder_frames": frames})
-    print(f"fitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
-          f"(planner uses {estimates.DECODER_BASE / MB:.1f} MB, {estimates.DECODER_FRAMES}); clip encode seconds: "
-          + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
+    if base is not None:
+        print(f"fitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
+              f"(planner uses {estimates.DECODER_BASE / MB:.1f} MB, {estimates.DECODER_FRAMES})")
+    print("clip encode seconds: " + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
 
 
 if __name__ == "__main__":
