@@ -18,6 +18,7 @@ def reference_file(name: str) -> Path:
     assert path.is_file(), f"reference file {path} missing from the checkout"
     return path
 
+
 # Float32 results of the same maths by another implementation (a transformers module, the release's
 # tensors) differ by rounding alone: another kernel or summation order moves them ~1e-7 relative
 # (transformers 5.25's SiglipModel.get_image_features vs our SigLIP2 encoder: 3.5e-7). A real fault
