@@ -20,6 +20,7 @@ import time
 from pathlib import Path
 
 from foley_dist import config
+from foley_dist.console import say
 from foley_dist.engine import transport
 from foley_dist.errors import FoleyError
 
@@ -61,7 +62,7 @@ def _print_summary(report: dict, written: str) -> None:
     lines.append(f"{'rank':<5} {'stages':<26} {'busy s':>8} {'wait s':>8} {'peak RSS MB':>12}")
     for r in report["ranks"]:
         lines.append(f"{r['rank']:<5} {'+'.join(r['stages']):<26} {r['busy_s']:>8.2f} {r['comm_wait_s']:>8.2f} {r['peak_rss_mb']:>12.0f}")
-    print("\n".join(lines), flush=True)
+    say("\n".join(lines), sys.stdout)
 
 
 def generate(overrides: list[str]) -> int:
@@ -112,14 +113,14 @@ def batch(overrides: list[str]) -> int:
     if report is not None:
         write_json_atomic(cfg.report or root / "report.json", report)
     failed = [r for r in rows if r["status"] != "done"]
-    print(f"batch: {len(rows) - len(failed)} of {len(rows)} item(s) done ({len(earlier)} by earlier runs), "
-          f"{len(failed)} failed; results in {results_file}", flush=True)
+    lines = [f"batch: {len(rows) - len(failed)} of {len(rows)} item(s) done ({len(earlier)} by earlier runs), "
+             f"{len(failed)} failed; results in {results_file}"]
     if report is not None:
-        print(f"segments: {report['segments_resumed']} resumed from an earlier run, "
-              f"{report['segments_cached']} from the feature cache; damaged or missing video frames "
-              f"skipped: {report['frames_skipped']}", flush=True)
-    for r in failed:
-        print(f"  failed: {r['video'] or '?'} -> {r['output'] or '?'}: {r['reason']}", flush=True)
+        lines.append(f"segments: {report['segments_resumed']} resumed from an earlier run, "
+                     f"{report['segments_cached']} from the feature cache; damaged or missing video frames "
+                     f"skipped: {report['frames_skipped']}")
+    lines += [f"  failed: {r['video'] or '?'} -> {r['output'] or '?'}: {r['reason']}" for r in failed]
+    say("\n".join(lines), sys.stdout)
     if failed:
         raise BatchIncomplete(f"{len(failed)} of {len(rows)} batch item(s) failed; see {results_file}")
     return 0
@@ -155,7 +156,7 @@ COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": pl
 def record_failure(code: int, line: str) -> int:
     """Print the one line, and leave it with the exit code in TORCHELASTIC_ERROR_FILE when torch's
     elastic agent started this worker, so `foley-dist launch` can report the root cause. Returns code."""
-    print(line, file=sys.stderr, flush=True)
+    say(line)
     path = os.environ.get("TORCHELASTIC_ERROR_FILE")
     if path:
         record = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}},

@@ -24,6 +24,8 @@ import logging
 import signal
 import sys
 
+from foley_dist.console import say
+
 USAGE = """usage: foley-dist launch [--verbose] [torchrun options] -- generate|batch [key=value ...]
   e.g. foley-dist launch --standalone --nproc-per-node=3 -- generate video=clip.mp4 prompt="rain"
 exit codes: 0 done; 2 bad input (do not retry); 3 a rank died (retry: resumes); 4 batch partly failed
@@ -72,7 +74,7 @@ def _preflight(overrides: list[str]) -> int:
     try:
         generate_jobs(config.load("generate", overrides))
     except FoleyError as e:
-        print(f"foley-dist: error: {e}", file=sys.stderr, flush=True)
+        say(f"foley-dist: error: {e}")
         return e.exit_code
     return 0
 
@@ -104,10 +106,10 @@ def main(argv: list[str]) -> int:
         rank, code, message = root_cause(e.failures)
         if verbose:
             print(e.format_msg(), file=sys.stderr)
-        print(f"foley-dist launch: exit {code} (rank {rank}): {message}", file=sys.stderr, flush=True)
+        say(f"foley-dist launch: exit {code} (rank {rank}): {message}")
         return code
     except SignalException as e:
-        print(f"foley-dist launch: stopped by {signal.Signals(e.sigval).name}; finished segments are kept, "
-              "re-run the same command to resume", file=sys.stderr, flush=True)
+        say(f"foley-dist launch: stopped by {signal.Signals(e.sigval).name}; finished segments are kept, "
+            "re-run the same command to resume")
         return 128 + int(e.sigval)
     return 0

@@ -9,7 +9,6 @@ an earlier, interrupted run are skipped (the sink tells every rank which at star
 
 from __future__ import annotations
 
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import torch
 from foley_dist.audio.output import MARK, write_json_atomic
 from foley_dist.audio.sink import Sink, finished_segments, joint_resume_state
 from foley_dist.config import LayoutConfig, RunConfig
+from foley_dist.console import say
 from foley_dist.engine import transport
 from foley_dist.engine.autolayout import choose_layout, predict_makespan
 from foley_dist.engine.message import Message
@@ -114,7 +114,7 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
 
 
 def log(rank: int, text: str) -> None:
-    print(f"[rank {rank}] {text}", file=sys.stderr, flush=True)
+    say(f"[rank {rank}] {text}")
 
 
 @dataclass

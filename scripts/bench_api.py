@@ -12,12 +12,12 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import json
 import statistics
 import tempfile
 import time
 from pathlib import Path
 
+import benchio
 import yaml
 
 from foley_dist import FoleyPipeline
@@ -60,13 +60,9 @@ def main() -> None:
         clip = make_clip(tmp / "clip.mp4", seconds=5, width=320, height=240, fps=25)
         rows = [measure("tiny", {}, clip, args.calls, args.steps),
                 measure("mid (random DiT, hidden 512)", {"model.config": str(mid_config(tmp))}, clip, args.calls, args.steps)]
-    print(f"{'model':<30} {'params M':>9} {'from_pretrained s':>18} {'first call s':>13} {'later calls s':>14} {'load s':>7}")
-    for r in rows:
-        print(f"{r['model']:<30} {r['params_m']:>9} {r['from_pretrained_s']:>18} {r['first_call_s']:>13} "
-              f"{r['later_call_median_s']:>14} {r['load_s']:>7}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(rows, indent=1))
+    columns = [("model", "model"), ("params M", lambda r: f"{r['params_m']:.1f}"), ("from_pretrained s", "from_pretrained_s"),
+               ("first call s", "first_call_s"), ("later calls s (median)", "later_call_median_s"), ("load s", "load_s")]
+    benchio.emit(rows, columns, args.json, title=f"{args.calls} calls of {args.steps} steps, 5 s clip", digits=3)
 
 
 if __name__ == "__main__":

@@ -17,6 +17,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchio
+
 from foley_dist.media.testclip import make_clip
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -67,13 +69,13 @@ def main() -> None:
 
     for r in rows:
         r["items_per_hour"] = args.clips * 3600 / r["wall_s"]
-    print(f"{args.clips} clips of {args.seconds:g} s, {args.nproc} ranks, {args.steps} steps")
-    print(f"{'mode':<24} {'wall s':>8} {'pipeline s':>11} {'items/hour':>11} {'occupancy':>10}")
-    for r in rows:
-        print(f"{r['mode']:<24} {r['wall_s']:>8.1f} {r['pipeline_s']:>11.1f} {r['items_per_hour']:>11.0f} {r['occupancy']:>10.2f}")
-    print(f"speed-up of streaming: {rows[1]['wall_s'] / rows[0]['wall_s']:.2f}x")
-    Path(args.json).write_text(json.dumps({"clips": args.clips, "seconds": args.seconds, "nproc": args.nproc,
-                                           "steps": args.steps, "runs": rows}, indent=1))
+    columns = [("mode", "mode"), ("wall s", lambda r: f"{r['wall_s']:.1f}"), ("pipeline s", lambda r: f"{r['pipeline_s']:.1f}"),
+               ("items/hour", lambda r: f"{r['items_per_hour']:.0f}"), ("occupancy", "occupancy")]
+    speedup = rows[1]["wall_s"] / rows[0]["wall_s"]
+    benchio.emit(rows, columns, args.json, title=f"{args.clips} clips of {args.seconds:g} s, {args.nproc} ranks, {args.steps} steps",
+                 payload={"clips": args.clips, "seconds": args.seconds, "nproc": args.nproc, "steps": args.steps,
+                          "streaming_speedup": speedup, "runs": rows})
+    print(f"speed-up of streaming: {speedup:.2f}x")
 
 
 if __name__ == "__main__":

@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import argparse
 import hashlib
-import json
 import os
 import time
 from pathlib import Path
+
+import benchio
 
 from foley_dist.media import cache
 
@@ -59,13 +60,10 @@ def main() -> None:
                           "new_s": round(timed(cache.file_identity, path), 5)}
         finally:
             path.unlink(missing_ok=True)
-    print(f"| {args.gb:g} GiB file | old key (whole-file blake2b) s | new key (size, mtime, 4 x 1 MiB) s | speed-up |")
-    print("| --- | --- | --- | --- |")
-    for kind, r in rows.items():
-        print(f"| {kind} | {r['old_s']} | {r['new_s']} | {r['old_s'] / r['new_s']:.0f}x |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps({"gib": args.gb, **rows}, indent=2) + "\n")
+    columns = [(f"{args.gb:g} GiB file", "file"), ("old key (whole-file blake2b) s", lambda r: str(r["old_s"])),
+               ("new key (size, mtime, 4 x 1 MiB) s", lambda r: str(r["new_s"])),
+               ("speed-up", lambda r: f"{r['old_s'] / r['new_s']:.0f}x")]
+    benchio.emit([{"file": kind, **r} for kind, r in rows.items()], columns, args.json, payload={"gib": args.gb, **rows})
 
 
 if __name__ == "__main__":

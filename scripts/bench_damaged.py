@@ -17,6 +17,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchio
+
 from foley_dist.media.testclip import damaged_cases
 
 
@@ -43,14 +45,10 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cases = damaged_cases(Path(tmp) / "media")
         rows = {name: run_case(path, Path(tmp) / f"o{i}.wav") for i, (name, path) in enumerate(cases.items())}
-    print(f"| {'case':<38} | outcome | exit | seconds | frames skipped | reason |")
-    print("| --- | --- | --- | --- | --- | --- |")
-    for name, r in rows.items():
-        detail = f"{r['audio_s']:.2f} s audio" if r["outcome"] == "audio" else r["reason"]
-        print(f"| {name:<38} | {r['outcome']} | {r['exit']} | {r['seconds']} | {r.get('frames_skipped', '-')} | {detail} |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    columns = [("case", "case"), ("outcome", "outcome"), ("exit", "exit"), ("seconds", "seconds"),
+               ("frames skipped", "frames_skipped"),
+               ("reason", lambda r: f"{r['audio_s']:.2f} s audio" if r["outcome"] == "audio" else r["reason"])]
+    benchio.emit([{"case": name, **r} for name, r in rows.items()], columns, args.json, digits=1, payload=rows)
 
 
 if __name__ == "__main__":

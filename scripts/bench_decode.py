@@ -10,7 +10,6 @@ is less sensitive to other load on a shared machine.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import resource
 import statistics
@@ -19,6 +18,8 @@ from concurrent.futures import ProcessPoolExecutor
 from dataclasses import asdict, dataclass
 from multiprocessing import get_context
 from pathlib import Path
+
+import benchio
 
 from foley_dist.media.segments import SegmentPlan
 
@@ -110,20 +111,13 @@ def main() -> None:
                 job = pool.submit(_run, path, decoder, task, args.repeats, args.segment_seconds, args.overlap)
                 results.append(job.result())
 
-    print(f"{path}  repeats={args.repeats}  cpus={os.cpu_count()}  load={os.getloadavg()[0]:.2f}")
-    print(
-        f"{'task':<12} {'decoder':<11} {'frames':>6} {'median s':>9} {'min s':>7} {'cpu s':>6} {'frames/s':>9} "
-        f"{'peak RSS +MB':>13}"
-    )
-    for r in results:
-        print(
-            f"{r.task:<12} {r.decoder:<11} {r.frames:>6} {r.median_s:>9.2f} {r.min_s:>7.2f} {r.cpu_s:>6.2f} "
-            f"{r.frames_per_s:>9.1f} {r.peak_rss_delta_mb:>13.0f}"
-        )
-    if args.json:
-        report = {"video": path, "repeats": args.repeats, "load": os.getloadavg()[0]}
-        report["results"] = [asdict(r) for r in results]
-        Path(args.json).write_text(json.dumps(report, indent=2))
+    rows = [asdict(r) for r in results]
+    load = os.getloadavg()[0]
+    columns = [("task", "task"), ("decoder", "decoder"), ("frames", "frames"), ("median s", "median_s"), ("min s", "min_s"),
+               ("cpu s", "cpu_s"), ("frames/s", lambda r: f"{r['frames_per_s']:.1f}"),
+               ("peak RSS +MB", lambda r: f"{r['peak_rss_delta_mb']:.0f}")]
+    benchio.emit(rows, columns, args.json, title=f"{path}  repeats={args.repeats}  cpus={os.cpu_count()}  load={load:.2f}",
+                 payload={"video": path, "repeats": args.repeats, "load": load, "results": rows})
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import benchio
 import psutil
 
 from foley_dist.media.testclip import make_audio_only, make_clip
@@ -78,13 +79,9 @@ def main() -> None:
         when_parts(p, d / "term")
         os.killpg(p.pid, signal.SIGTERM)
         rows["SIGTERM to the process group"] = finish(p, time.monotonic())
-    print("| event | exit code | seconds to exit | launcher's last line |")
-    print("| --- | --- | --- | --- |")
-    for name, r in rows.items():
-        print(f"| {name} | {r['exit']} | {r['seconds_to_exit']} | `{r['line'][:110]}` |")
-    if args.json:
-        args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(rows, indent=2) + "\n")
+    columns = [("event", "event"), ("exit code", "exit"), ("seconds to exit", "seconds_to_exit"),
+               ("launcher's last line", lambda r: f"`{r['line'][:110]}`")]
+    benchio.emit([{"event": name, **r} for name, r in rows.items()], columns, args.json, digits=1, payload=rows)
 
 
 if __name__ == "__main__":

@@ -31,6 +31,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchio
+
 from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 
 RESOLUTIONS = {"360p": (640, 360), "1080p": (1920, 1080), "2160p": (3840, 2160)}
@@ -142,14 +144,11 @@ def main() -> None:
         row.update({k: (round(v, 5) if isinstance(v, float) else v) for k, v in errors.items()})
         rows.append(row)
         print(row, file=sys.stderr, flush=True)
-    print(f"{'source':<7} {'release s':>9} {'fast s':>7} {'release MB':>10} {'fast MB':>8} "
-          f"{'SigLIP scale/in/feat':>22} {'sync scale/in/feat':>22}")
-    for r in rows:
-        print(f"{r['resolution']:<7} {r['release_s']:>9.2f} {r['fast_s']:>7.2f} {r['release_peak_mb']:>10.0f} "
-              f"{r['fast_peak_mb']:>8.0f} {r['visual_scaling_err']:>6.3f}/{r['visual_input_err']:.3f}/{r['visual_feat_err']:.3f}"
-              f"      {r['sync_scaling_err']:>6.3f}/{r['sync_input_err']:.3f}/{r['sync_feat_err']:.3f}")
-    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.json).write_text(json.dumps(rows, indent=1))
+    columns = [("source", "resolution"), ("release s", "release_s"), ("fast s", "fast_s"),
+               ("release MB", lambda r: f"{r['release_peak_mb']:.0f}"), ("fast MB", lambda r: f"{r['fast_peak_mb']:.0f}"),
+               ("SigLIP scale/in/feat", lambda r: f"{r['visual_scaling_err']:.3f}/{r['visual_input_err']:.3f}/{r['visual_feat_err']:.3f}"),
+               ("sync scale/in/feat", lambda r: f"{r['sync_scaling_err']:.3f}/{r['sync_input_err']:.3f}/{r['sync_feat_err']:.3f}")]
+    benchio.emit(rows, columns, args.json)
 
 
 if __name__ == "__main__":

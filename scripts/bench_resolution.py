@@ -29,6 +29,8 @@ import sys
 import time
 from pathlib import Path
 
+import benchio
+
 from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 
 RESOLUTIONS = ("360p", "480p", "720p", "1080p", "1440p", "2160p")
@@ -124,7 +126,6 @@ def main() -> None:
 
     spec, rows = ModelSpec.named(SPEC), []
     Path(args.workdir).mkdir(parents=True, exist_ok=True)
-    print(f"{'source':<12} {'mode':<6} {'peak MB':>9} {'plan MB':>9} {'error':>7} {'decode s':>9} {'x realtime':>10}")
     for name in args.resolutions:
         width, height = plan.RESOLUTIONS[name]
         width -= width % 2  # 854x480: H.264 4:2:0 needs even sizes
@@ -144,17 +145,17 @@ def main() -> None:
             rows.append({"resolution": name, "width": width, "height": height, "mode": mode, "peak_mb": m["peak"] / MB,
                          "plan_mb": estimate / MB, "error": estimate / m["peak"] - 1, "wall_s": m["wall_s"],
                          "realtime": SECONDS / m["wall_s"], "clip_encode_s": encode_s})
-            r = rows[-1]
-            print(f"{name + ' ' + str(width) + 'x' + str(height):<18} {mode:<6} {r['peak_mb']:>9.1f} {r['plan_mb']:>9.1f} "
-                  f"{r['error']:>+7.1%} {r['wall_s']:>9.2f} {r['realtime']:>10.1f}", flush=True)
-    base, frames = fit_decoder(rows)
-    print(f"\nfitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
-          f"(planner uses {estimates.DECODER_BASE / MB:.1f} MB, {estimates.DECODER_FRAMES}); clip encode seconds: "
-          + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "fitted_decoder_base": base,
-                                               "fitted_decoder_frames": frames}, indent=1))
+            print(f"{name} {mode}: peak {rows[-1]['peak_mb']:.1f} MB", file=sys.stderr, flush=True)  # progress
+    columns = [("source", lambda r: f"{r['resolution']} {r['width']}x{r['height']}"), ("mode", "mode"),
+               ("peak MB", lambda r: f"{r['peak_mb']:.1f}"), ("plan MB", lambda r: f"{r['plan_mb']:.1f}"),
+               ("error", lambda r: f"{r['error']:+.1%}"), ("decode s", "wall_s"), ("x realtime", lambda r: f"{r['realtime']:.1f}")]
+    base, frames = fit_decoder(rows) if len(args.resolutions) > 1 else (None, None)  # a line needs two sizes
+    benchio.emit(rows, columns, args.json,
+                 payload={"rows": rows, "fitted_decoder_base": base, "fitted_decoder_frames": frames})
+    if base is not None:
+        print(f"fitted decoder constants (decoder rows): DECODER_BASE {base / MB:.1f} MB, DECODER_FRAMES {frames:.2f} "
+              f"(planner uses {estimates.DECODER_BASE / MB:.1f} MB, {estimates.DECODER_FRAMES})")
+    print("clip encode seconds: " + ", ".join(f"{r['resolution']} {r['clip_encode_s']:.1f}" for r in rows if r["mode"] == "naive"))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import benchio
 import numpy as np
 import soundfile as sf
 
@@ -82,10 +83,9 @@ def main() -> None:
     cols = ["seam", "wall_s", "boundaries", "flagged", "boundary_rms_jump_db_median", "boundary_rms_jump_db_max",
             "background_rms_jump_db_median", "background_rms_jump_db_p99", "boundary_flux_median", "background_flux_median",
             "edge_rms_jump_db_median", "edge_rms_jump_db_max"]
-    print(" | ".join(cols))
-    for r in rows:
-        print(" | ".join(f"{r[c]:.3f}" if isinstance(r[c], float) else str(r[c]) for c in cols))
-    Path(args.json).write_text(json.dumps({"seconds": args.seconds, "nproc": args.nproc, "steps": args.steps, "runs": rows}, indent=1))
+    benchio.emit(rows, [(c, c) for c in cols], args.json, digits=3,
+                 title=f"{args.seconds:g} s clip, {args.nproc} rank(s), {args.steps} steps",
+                 payload={"seconds": args.seconds, "nproc": args.nproc, "steps": args.steps, "runs": rows})
     print(f"wrote {args.json}")
 
 

@@ -25,6 +25,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+import benchio
+
 from foley_dist.engine.metrics import peak_rss_since_reset, reset_peak_rss
 from foley_dist.models.clap import TextEncoderConfig
 from foley_dist.models.dac_vae import DacDecoderConfig
@@ -153,23 +155,25 @@ def main() -> None:
                     "estimate_mb": (e.weights + work) / MB, "measured_mb": (t["peak"] - t["baseline"]) / MB,
                     "glibc_measured_mb": (g["peak"] - g["baseline"]) / MB,
                 })
-                r = rows[-1]
-                r["error"] = r["estimate_mb"] / r["measured_mb"] - 1
-                print(f"{model:<5} {stage:<10} weights {r['weights_est_mb']:7.1f} / {r['weights_meas_mb']:7.1f}   "
-                      f"work {r['work_est_mb']:7.1f} / {r['work_meas_mb']:7.1f}   total {r['estimate_mb']:7.1f} / "
-                      f"{r['measured_mb']:7.1f} MB ({r['error']:+6.1%})   glibc default {r['glibc_measured_mb']:7.1f} MB   "
-                      f"import baseline {r['framework_rss_mb']:.0f} MB", flush=True)
+                rows[-1]["error"] = rows[-1]["estimate_mb"] / rows[-1]["measured_mb"] - 1
+                print(f"{model} {stage}: measured {rows[-1]['measured_mb']:.1f} MB", file=sys.stderr, flush=True)  # progress
+
+    def pair(est: str, meas: str):
+        return lambda r: f"{r[est]:.1f} / {r[meas]:.1f}"
+
+    columns = [("model", "model"), ("stage", "stage"), ("weights MB est / meas", pair("weights_est_mb", "weights_meas_mb")),
+               ("work MB est / meas", pair("work_est_mb", "work_meas_mb")), ("total MB est / meas", pair("estimate_mb", "measured_mb")),
+               ("error", lambda r: f"{r['error']:+.1%}"), ("glibc default MB", lambda r: f"{r['glibc_measured_mb']:.1f}"),
+               ("import baseline MB", lambda r: f"{r['framework_rss_mb']:.0f}")]
+    benchio.emit(rows, columns, args.json,
+                 payload={"rows": rows, "framework_rss": estimates.FRAMEWORK_RSS, "runtime_overhead": estimates.RUNTIME_OVERHEAD,
+                          "activation_factor": estimates.ACTIVATION_FACTOR})
     overhead, factor, worst = fit(rows)
-    print(f"\nbest fit over these rows: RUNTIME_OVERHEAD {overhead:.1f} MB, ACTIVATION_FACTOR {factor:.2f} "
+    print(f"best fit over these rows: RUNTIME_OVERHEAD {overhead:.1f} MB, ACTIVATION_FACTOR {factor:.2f} "
           f"(worst error {worst:.1%})")
     print(f"estimate / measured peak RSS over the import baseline, MB (fixed mmap threshold: RSS follows the tensors); "
           f"worst error {max(abs(r['error']) for r in rows):.1%}\nconstants: FRAMEWORK_RSS {estimates.FRAMEWORK_RSS / MB:.0f} MB, "
           f"RUNTIME_OVERHEAD {estimates.RUNTIME_OVERHEAD / MB:.0f} MB, ACTIVATION_FACTOR {estimates.ACTIVATION_FACTOR}")
-    if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps({"rows": rows, "framework_rss": estimates.FRAMEWORK_RSS,
-                                               "runtime_overhead": estimates.RUNTIME_OVERHEAD,
-                                               "activation_factor": estimates.ACTIVATION_FACTOR}, indent=1))
 
 
 if __name__ == "__main__":

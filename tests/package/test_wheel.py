@@ -29,7 +29,7 @@ def _run(cmd: list, cwd: Path, timeout: float = 300) -> subprocess.CompletedProc
 def test_wheel_installs_and_runs_from_another_folder(tmp_path):
     # build from a copy: an in-tree build leaves build/ behind, whose stale modules could reach a later wheel
     src = tmp_path / "src"
-    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv", "build", "*.egg-info", "__pycache__",
+    shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".git", ".venv*", "build", "*.egg-info", "__pycache__",
                                                              "tests", "out"))
     wheels = tmp_path / "wheels"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "-q", "-w", wheels, src], cwd=tmp_path)

@@ -26,7 +26,7 @@ from foley_dist.models.hunyuan_dit import (
     velocity_flops,
 )
 from foley_dist.models.hunyuan_layers import apply_rope, rope_table
-from tests.reference import reference_file
+from tests.reference import reference_file, relative_error
 
 REPO = Path(__file__).resolve().parents[2]
 INPUTS = ("x", "t", "cond", "clip_feat", "sync_feat")
@@ -50,10 +50,6 @@ def io() -> dict[str, torch.Tensor]:
 def tiny_out(tiny, io) -> torch.Tensor:
     with torch.inference_mode():
         return tiny(*(io[name] for name in INPUTS))
-
-
-def relative_error(out: torch.Tensor, ref: torch.Tensor) -> float:
-    return ((out.double() - ref.double()).norm() / ref.double().norm()).item()
 
 
 @pytest.mark.parametrize("name, make", [("xl", HunyuanDiTConfig.xl), ("xxl", HunyuanDiTConfig.xxl)])

@@ -15,6 +15,7 @@ from foley_dist.config import ModelConfig
 from foley_dist.engine.message import Message
 from foley_dist.models.foley import ModelSpec, build_parts
 from foley_dist.stages import DiffusionStage, FusionStage
+from tests.reference import relative_error
 
 LATENT_RTOL = 1e-2
 AUDIO_RTOL = 1e-3
@@ -50,16 +51,12 @@ def _run(setup, dtype: torch.dtype | None) -> dict[str, torch.Tensor]:
     return seen
 
 
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return ((a.double() - b.double()).norm() / b.double().norm()).item()
-
-
 @pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
 def test_bf16_dit_stays_within_tolerance_of_fp32(setup):
     ref, bf16 = _run(setup, None), _run(setup, torch.bfloat16)
     assert ref["dit_out"].dtype == torch.float32 and bf16["dit_out"].dtype == torch.bfloat16  # autocast is on
-    assert 0 < _rel(bf16["latents"], ref["latents"]) < LATENT_RTOL
-    assert _rel(bf16["audio"], ref["audio"]) < AUDIO_RTOL
+    assert 0 < relative_error(bf16["latents"], ref["latents"]) < LATENT_RTOL
+    assert relative_error(bf16["audio"], ref["audio"]) < AUDIO_RTOL
 
 
 @pytest.mark.filterwarnings("ignore:Mismatch dtype between input and weight")
@@ -88,4 +85,4 @@ def test_bf16_dit_weights_as_the_release(setup):
     audio = DiffusionStage(spec, half["dit"], half["vae"], STEPS, 4.5, cpu, torch.bfloat16)(half_cond).tensors["audio"]
     ref = _run(setup, None)["audio"]
     assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
-    assert _rel(audio, ref) < 10 * AUDIO_RTOL  # weights rounded to bf16 as well as activations
+    assert relative_error(audio, ref) < 10 * AUDIO_RTOL  # weights rounded to bf16 as well as activations
