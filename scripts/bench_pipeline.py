@@ -346,11 +346,12 @@ def _pingpong(sizes: list[int], reps: int) -> list[dict]:
 
 def part_transport(args) -> list[dict]:
     rows = launch(_pingpong, 2, args.sizes, args.reps)[0]
-    print(f"\n{'bytes':>10} {'raw ms':>9} {'Transport ms':>13} {'overhead ms':>12} {'ratio':>6}")
     for r in rows:
         r["overhead_s"] = r["transport_s"] - r["raw_s"]
-        print(f"{r['bytes']:>10} {r['raw_s'] * 1e3:>9.3f} {r['transport_s'] * 1e3:>13.3f} {r['overhead_s'] * 1e3:>12.3f} "
-              f"{r['transport_s'] / r['raw_s']:>6.2f}")
+    ms = lambda key: lambda r: f"{r[key] * 1e3:.3f}"  # noqa: E731
+    benchio.emit(rows, [("bytes", "bytes"), ("raw ms", ms("raw_s")), ("Link ms", ms("transport_s")),
+                        ("overhead ms", ms("overhead_s")), ("ratio", lambda r: f"{r['transport_s'] / r['raw_s']:.2f}")],
+                 title="Part 4: transport overhead (median one-way time of ping-pongs)")
     return rows
 
 
@@ -456,14 +457,14 @@ def part_long_video(args) -> tuple[list[dict], list[dict]]:
 
 # --- output ---------------------------------------------------------------------------------------
 
-HEADER = (f"{'part':>4} {'runner':<17} {'ranks':>5} {'layout':<42} {'measured':>9} {'ideal':>7} "
-          f"{'eff':>5} {'speedup':>7}")
+RUN_COLUMNS = [("part", "part"), ("runner", "runner"), ("ranks", "world_size"), ("layout", lambda r: ", ".join(r["layout"])),
+               ("measured s", "measured_s"), ("ideal s", "ideal_s"), ("efficiency", "efficiency"),
+               ("speed-up", lambda r: f"{r['speedup']:.2f}x" if r["speedup"] else "-")]
 
 
 def print_run(r: Run) -> None:
-    speed = f"{r.speedup:>6.2f}x" if r.speedup else f"{'':>7}"
-    print(f"{r.part:>4} {r.runner:<17} {r.world_size:>5} {', '.join(r.layout):<42} "
-          f"{r.measured_s:>8.2f}s {r.ideal_s:>6.2f}s {r.efficiency:>5.2f} {speed}", flush=True)
+    """Progress line while a part runs; the part's table follows at its end."""
+    print(f"  {r.runner} {r.world_size} ranks [{', '.join(r.layout)}]: {r.measured_s:.2f} s", flush=True)
 
 
 def main() -> None:
@@ -495,7 +496,6 @@ def main() -> None:
 
     result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},
                     "costs": args.costs, "runs": [], "transport": []}
-    print(HEADER)
     seq = None
     if {1, 2} & set(args.parts):
         seq = run_sequential(args.costs, args.segments)
@@ -514,6 +514,9 @@ def main() -> None:
         lv, msgs = part_long_video(args)
         result["runs"] += lv
         result["step_messages"] = msgs
+    runs = [r for r in result["runs"] if isinstance(r.get("part"), int)]
+    if runs:
+        benchio.emit(runs, RUN_COLUMNS, title="Parts 1-3: pipeline runs")
     result["host"]["loadavg_end"] = os.getloadavg()
     benchio.write_json(args.json, result)
     print(f"wrote {args.json}")
