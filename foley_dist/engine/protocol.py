@@ -243,10 +243,9 @@ def connections(program: Sequence[Op]) -> dict[str, list[int]]:
 
 @dataclass
 class Replay:
-    """Outcome of `verify`: ops completed and rounds of the replay (a rough critical-path length)."""
+    """Outcome of `verify`: the point-to-point ops (message pairs) that completed."""
 
     ops: int
-    rounds: int
 
 
 def verify(events: dict[int, list[Event]], programs: dict[int, list[Op]], connect_first: bool = True) -> Replay:
@@ -255,9 +254,10 @@ def verify(events: dict[int, list[Event]], programs: dict[int, list[Op]], connec
     Rules (NCCL's worst case): a rank's ops complete one at a time in posting order, across all its
     groups; a send completes only together with its receive (rendezvous), a swap with the peer's swap;
     a send is posted only once the code has produced it (after the receives that precede it in code
-    order completed), a receive once the code asks for it; and with `connect_first=False` the first op
-    between two ranks on a group blocks its rank's code until the peer posts toward it (without a
-    start-up connection). Raises ProtocolDeadlock naming every blocked rank and op."""
+    order completed), a receive once the code asks for it. With `connect_first=False` (no start-up
+    connection) an op between two ranks on a group also waits until each has posted toward the other
+    there (NCCL's lazy connection; that the posting thread blocks meanwhile is not modelled). Raises
+    ProtocolDeadlock naming every blocked rank and op."""
     ranks = sorted(events)
     cpu = {r: 0 for r in ranks}  # index into code events
     head = {r: 0 for r in ranks}  # index into program
@@ -272,7 +272,7 @@ def verify(events: dict[int, list[Event]], programs: dict[int, list[Op]], connec
             raise ProtocolDeadlock(f"rank {r}: its program and its code events differ; this is a bug in foley_dist")
     if connect_first:  # the start-up exchange connected every pair a program uses
         contacted = {(r, p, g) for r in ranks for g, peers in connections(programs[r]).items() for p in peers}
-    rounds = total = 0
+    total = 0
     while True:
         moved = False
         for r in ranks:  # run each rank's code until it waits
@@ -318,10 +318,9 @@ def verify(events: dict[int, list[Event]], programs: dict[int, list[Op]], connec
             total += 1
             moved = True
         if all(cpu[r] == len(events[r]) and head[r] == len(programs[r]) for r in ranks):
-            return Replay(total, rounds)
+            return Replay(total)
         if not moved:
             raise ProtocolDeadlock(deadlock_report(events, programs, cpu, head))
-        rounds += 1
 
 
 def _postable(op: Op, produced: set, asked: set) -> bool:
@@ -348,16 +347,3 @@ def check_job(topo: Topology, items: Sequence[ItemPlan], costs: dict[str, float]
     programs = build_programs(events)
     verify(events, programs)
     return programs
-
-
-def format_programs(programs: dict[int, list[Op]], limit: int = 40) -> str:
-    """Rank-by-position listing of the first `limit` ops of each rank (for debugging and docs)."""
-    lines = []
-    for r, ops in sorted(programs.items()):
-        shown = ", ".join(f"{o.key}:{o.kind[0]}{_short(o.tag)}@{o.peer}" for o in ops[:limit])
-        lines.append(f"rank {r}: {shown}{' ...' if len(ops) > limit else ''}")
-    return "\n".join(lines)
-
-
-def _short(tag: tuple) -> str:
-    return {"msg": "m", "tail": "t", "swap": "v"}[tag[0]] + ".".join(map(str, tag[1:]))
