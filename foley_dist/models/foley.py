@@ -12,7 +12,7 @@ Official release layout expected under model.path (see README.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -82,8 +82,13 @@ def random_part(spec: ModelSpec, part: str, seed: int, device: torch.device = to
     """Random init seeded per part, so every rank that builds a part gets the same weights (on the
     same device type). On CUDA the DiT is initialised on the GPU: a full-size random XL/XXL DiT
     (model.config=...) builds in seconds there instead of minutes on the CPU."""
-    if part == "dit_condition":  # the same seed and construction as the whole DiT, so the same weights
-        return strip_to_condition(random_part(spec, "dit", seed, device))
+    if part == "dit_condition":
+        # The condition projections are built before the blocks, so a DiT without blocks draws the
+        # same weights for them from the same seed, without the whole model's transient.
+        blockless = replace(spec, dit=replace(spec.dit, depth_triple_blocks=0, depth_single_blocks=0))
+        dit = random_part(blockless, "dit", seed, device)
+        dit.config = spec.dit
+        return strip_to_condition(dit)
     torch.manual_seed(seed * len(PARTS) + PARTS.index(part))
     if part == "dit":
         with torch.device(device if device.type == "cuda" else "cpu"):
@@ -104,7 +109,8 @@ def find_weights(root: Path, stem: str) -> Path:
     raise FoleyError(f"{root} has no {stem}.safetensors or {stem}.pth; model.path must hold the official release (see README.md)")
 
 
-def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device) -> nn.Module:
+def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device,
+                   dit_dtype: torch.dtype = torch.float32) -> nn.Module:
     if part == "visual":
         return VisualEncoder.from_pretrained_dir(root / "siglip2")
     if part == "text":
@@ -117,8 +123,10 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device)
         dit = HunyuanDiT(spec.dit)
     prefixes = CONDITION_PREFIXES if part == "dit_condition" else None  # read only what this rank uses
     path = find_weights(root, spec.dit_file)
-    state = load_state_dict(path, device=device, prefixes=prefixes)
-    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path)
+    # Mapped on the host, then each tensor is copied once to `device` in `dit_dtype`: the device
+    # never holds more than the final weights plus one tensor in flight (issue 17 item 7).
+    state = load_state_dict(path, prefixes=prefixes)
+    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path, dtype=dit_dtype, device=device)
     return strip_to_condition(dit) if prefixes else dit
 
 
@@ -143,7 +151,10 @@ def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, devic
     root = weights_root(spec, cfg)
     out = {}
     for part in parts:
-        module = random_part(spec, part, cfg.init_seed, device) if spec.name == "tiny" else _official_part(spec, part, root, device)
         dtype = dit_dtype if part in ("dit", "dit_condition") else None
+        if spec.name == "tiny":
+            module = random_part(spec, part, cfg.init_seed, device)
+        else:  # the DiT arrives on `device` in `dtype` already: the .to below is then a no-op
+            module = _official_part(spec, part, root, device, dtype or torch.float32)
         out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)
     return out
