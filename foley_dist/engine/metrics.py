@@ -6,7 +6,9 @@ gathers the records into the run report and, if asked, a trace with one track pe
 
 from __future__ import annotations
 
+import logging
 import resource
+import threading
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -14,6 +16,7 @@ from typing import Iterator
 
 import torch
 
+log = logging.getLogger(__name__)
 
 @dataclass
 class Span:
@@ -48,30 +51,52 @@ class RankStats:
 
 
 class Recorder:
-    """Collects spans for one rank; `span()` is the only call sites need."""
+    """Collects spans for one rank; `span()` is the only call sites need.
+
+    On CUDA a compute span is timed by two CUDA events on the compute stream, read once at
+    `finish`: its time is the work on that stream only. `torch.cuda.synchronize` after every span
+    would also wait for the NCCL streams (sends still in flight), counting waits on peers as stage
+    time (and with it layout.costs and predicted_makespan_s), and would stall the host every span.
+    """
 
     def __init__(self, rank: int, stages: list[str], device: torch.device):
         self.stats = RankStats(rank, stages, str(device), origin_unix=time.time())
         self._t0 = time.perf_counter()
         self._device = device
+        self._timed: list[tuple[Span, torch.cuda.Event, torch.cuda.Event]] = []
+        self._origin = self._event()  # the compute stream's clock at _t0 (nothing queued on it yet)
+        self._utilization = UtilizationSampler(device) if device.type == "cuda" else None
+
+    def _event(self) -> torch.cuda.Event | None:
+        """A timing event recorded now on the compute stream; None off CUDA."""
+        if self._device.type != "cuda":
+            return None
+        event = torch.cuda.Event(enable_timing=True)
+        event.record(torch.cuda.current_stream(self._device))
+        return event
 
     @contextmanager
     def span(self, name: str, cat: str, item: int) -> Iterator[None]:
-        start = time.perf_counter()
+        start, begin = time.perf_counter(), self._event() if cat == "compute" else None
         try:
             yield
         finally:
-            if cat == "compute" and self._device.type == "cuda":
-                torch.cuda.synchronize(self._device)
-            end = time.perf_counter()
-            self.stats.spans.append(Span(name, cat, item, start - self._t0, end - start))
+            span = Span(name, cat, item, start - self._t0, time.perf_counter() - start)
+            if begin is not None:
+                self._timed.append((span, begin, self._event()))
+            self.stats.spans.append(span)
 
     def finish(self) -> RankStats:
+        """Read the compute spans' events (the one wait on the device, at the end) and the memory figures."""
+        for span, begin, end in self._timed:
+            end.synchronize()
+            span.start, span.dur = self._origin.elapsed_time(begin) / 1e3, begin.elapsed_time(end) / 1e3
+        self._timed.clear()
         self.stats.wall_s = time.perf_counter() - self._t0
         self.stats.peak_rss_mb = peak_rss_mb()
         if self._device.type == "cuda":
             self.stats.cuda_peak_allocated_mb = torch.cuda.max_memory_allocated(self._device) / 2**20
-            self.stats.gpu_utilization_pct = nvml_utilization(self._device.index or 0)
+            self.stats.gpu_utilization_pct = self._utilization.stop()
         return self.stats
 
 
@@ -80,17 +105,46 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
-def nvml_utilization(index: int) -> float | None:
-    """GPU utilisation from NVML (the `gpu` extra), or None where NVML is absent."""
-    try:
-        import pynvml
-    except ImportError:
-        return None
-    pynvml.nvmlInit()
-    try:
-        return float(pynvml.nvmlDeviceGetUtilizationRates(pynvml.nvmlDeviceGetHandleByIndex(index)).gpu)
-    finally:
-        pynvml.nvmlShutdown()
+def nvml_uuid(device: torch.device) -> str:
+    """The device's NVML UUID. NVML numbers GPUs in its own (PCI) order and ignores
+    CUDA_VISIBLE_DEVICES, so the CUDA ordinal names another GPU wherever the two orders differ."""
+    uuid = str(torch.cuda.get_device_properties(device).uuid)
+    return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
+
+
+class UtilizationSampler:
+    """Mean GPU utilisation over the run, from NVML (the `gpu` extra) every `period` seconds on a
+    daemon thread; NVML reports the busy share of its last sample window, so one reading at the end
+    of a run would only see the idle GPU. `stop()` returns None where NVML is absent."""
+
+    def __init__(self, device: torch.device, period: float = 0.5):
+        self._samples: list[float] = []
+        self._stop = threading.Event()
+        self._thread = None
+        try:
+            import pynvml
+
+            pynvml.nvmlInit()
+            self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByUUID(nvml_uuid(device))
+        except Exception as exc:  # ImportError, or pynvml.NVMLError (no driver library, unknown UUID)
+            log.debug("no GPU utilisation figures: %s", exc)
+            return
+        self._thread = threading.Thread(target=self._run, args=(period,), daemon=True, name="nvml-sampler")
+        self._thread.start()
+
+    def _run(self, period: float) -> None:
+        while not self._stop.wait(period):
+            self._samples.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+
+    def stop(self) -> float | None:
+        if self._thread is None:
+            return None
+        self._stop.set()
+        self._thread.join()
+        self._thread = None
+        self._samples.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))  # the last window
+        self._nvml.nvmlShutdown()
+        return sum(self._samples) / len(self._samples)
 
 
 def summarize(ranks: list[RankStats]) -> dict:
