@@ -16,7 +16,7 @@ from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
 from foley_dist.config import ModelConfig, VisionConfig
 from foley_dist.engine.autolayout import choose_layout
-from foley_dist.engine.schedule import STAGES, Topology
+from foley_dist.engine.schedule import STAGES, Topology, peers
 from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.media.segments import SegmentPlan
 from foley_dist.media.video import probe
@@ -28,6 +28,7 @@ from foley_dist.planning.estimates import (
     DECODER_BASE,
     DECODER_FRAMES,
     FRAMEWORK_RSS,
+    NCCL_PEER_BYTES,
     RUNTIME_OVERHEAD,
     StageEstimate,
     estimate_stages,
@@ -64,6 +65,29 @@ class PlanConfig:
 ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
+def nccl_peers(topo: Topology, rank: int) -> int:
+    """Ranks `rank` exchanges NCCL messages with: its pipeline neighbours, and on a diffusion rank the
+    ranks of the neighbouring items (joint sampling hands overlaps on every step) and its CFG partner."""
+    up, down = peers(topo, rank)
+    linked = set(up) | set(down)
+    last = topo.groups[-1]
+    for ring in (last.ranks, last.partners):
+        if rank in ring and len(ring) > 1:
+            i = ring.index(rank)
+            linked |= {ring[i - 1], ring[(i + 1) % len(ring)]}
+    if rank in last.ranks and last.partners:
+        linked.add(last.partners[last.ranks.index(rank)])
+    if rank in last.partners:
+        linked.add(last.ranks[last.partners.index(rank)])
+    return len(linked - {rank})
+
+
+def group_gpu_bytes(topo: Topology, est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> list[int]:
+    """GPU bytes of each rank group: its stages, and NCCL buffers for its best-connected rank's peers."""
+    return [rank_gpu_bytes(g.stages, est, params, precision, max(nccl_peers(topo, r) for r in g.ranks + g.partners))
+            for g in topo.groups]
+
+
 def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], precision: str, gpus: int,
                      segments: int, budget: int) -> list[str]:
     """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
@@ -73,8 +97,7 @@ def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], prec
     constraint used."""
     costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
-    topo = Topology.parse(layout, gpus)
-    if all(rank_gpu_bytes(g.stages, est, params, precision) <= budget for g in topo.groups):
+    if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), est, params, precision)):
         return layout
     memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
     try:
@@ -169,9 +192,10 @@ def make_plan(cfg: PlanConfig) -> dict:
                          f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
     layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
     total_flops = sum(e.flops for e in est.values())
-    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": rank_gpu_bytes(g.stages, est, params, precision),
+    topo = Topology.parse(layout, cfg.gpus)
+    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": gpu_bytes,
               "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
-             for g in Topology.parse(layout, cfg.gpus).groups]
+             for g, gpu_bytes in zip(topo.groups, group_gpu_bytes(topo, est, params, precision))]
     return {
         "model": spec.name,
         "precision": precision,
@@ -190,7 +214,7 @@ def make_plan(cfg: PlanConfig) -> dict:
         "tiling": tiling_advice(spec, cfg.vision, width, height),
         "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
                         "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
-                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
+                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT, "nccl_peer_bytes": NCCL_PEER_BYTES},
     }
 
 

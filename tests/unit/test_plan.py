@@ -32,8 +32,8 @@ def test_weights_are_parameter_counts_times_bytes(xxl):
     params = estimates.part_params(xxl)
     est = estimates.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
     assert est["vision"].weights == 4 * (params["visual"] + params["sync"])
-    # fusion builds only the DiT's condition projections (fp32, as the runtime keeps them)
-    assert est["fusion"].weights == 4 * params["text"] + 4 * params["dit_condition"]
+    # fusion builds only the DiT's condition projections, in the DiT's precision (build_parts casts them)
+    assert est["fusion"].weights == 4 * params["text"] + 2 * params["dit_condition"]
     assert params["dit_condition"] < 0.01 * params["dit"]
     assert est["diffusion"].weights == 2 * params["dit"] + 4 * params["vae"]
     assert 10.2e9 < 2 * params["dit"] < 10.35e9  # XXL DiT in bf16: ~10.3 GB
@@ -158,3 +158,47 @@ def test_plan_command_exits_5_when_the_job_does_not_fit(memory, capsys):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 5 and len(err) == 1 and err[0].startswith("foley-dist: error:")
     assert cli.main(["plan", "model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=4"]) == 0
+
+
+def test_condition_projections_are_planned_in_the_dtype_the_runtime_builds_and_outputs():
+    """Issue 17 item 10: the fusion rank's DiT part and its conditioning are in the DiT's precision."""
+    from foley_dist.config import ModelConfig
+    from foley_dist.engine.message import Message
+    from foley_dist.models.foley import build_parts
+    from foley_dist.stages import FusionStage
+
+    spec, cpu = ModelSpec.named("tiny"), torch.device("cpu")
+    params = estimates.part_params(spec)
+    for precision, dtype, autocast in (("bf16", torch.bfloat16, torch.bfloat16), ("fp32", torch.float32, None)):
+        parts = build_parts(spec, ("text", "dit_condition"), ModelConfig(), cpu, dtype)
+        built = sum(p.numel() * p.element_size() for p in parts["dit_condition"].parameters())
+        assert built == estimates.weight_bytes(params, ("dit_condition",), precision)
+        feats = {"clip_feat": torch.randn(1, 40, 768), "sync_feat": torch.randn(1, 120, 768)}
+        meta = {"prompt": "rain", "segment": 0}
+        cond = FusionStage(spec, parts["text"], parts["dit_condition"], "noisy", autocast)(Message(0, feats, meta)).tensors
+        per_element = estimates.conditioning_bytes(spec, 5.0, precision) // (2 * spec.dit.hidden_size * sum(
+            getattr(estimates.TokenCounts.for_seconds(spec.dit, 5.0), k) for k in ("text", "visual", "sync")))
+        assert {v.element_size() for v in cond.values()} == {per_element}
+
+
+@pytest.mark.parametrize("layout,gpus,cfg_parallel,expected", [
+    (["vision", "fusion", "diffusion"], 3, False, [1, 2, 1]),
+    (["vision+fusion", "diffusion", "diffusion", "diffusion"], 4, False, [3, 3, 3, 3]),
+    (["vision+fusion", "diffusion", "diffusion"], 3, True, [2, 2, 2]),
+    (["vision+fusion+diffusion"], 1, False, [0]),
+])
+def test_nccl_buffers_are_counted_per_peer(layout, gpus, cfg_parallel, expected):
+    topo = Topology.parse(layout, gpus, cfg_parallel)
+    assert [plan.nccl_peers(topo, r) for r in range(gpus)] == expected
+
+
+def test_a_multi_gpu_plan_adds_nccl_buffers_to_each_rank():
+    three = plan.make_plan(_cfg("resolution=720p", "duration=20", "gpus=3", "gpu_memory=80GB", "model=hunyuan_xl"))
+    topo = Topology.parse(three["layout"], 3)
+    single = [r for r in three["ranks"] if len(r["stages"]) == 1]
+    assert single
+    for r in single:
+        peers = plan.nccl_peers(topo, r["ranks"][0])
+        assert peers > 0
+        assert r["gpu_bytes"] == three["stages"][r["stages"][0]]["gpu_bytes"] + peers * estimates.NCCL_PEER_BYTES
+    assert three["calibration"]["nccl_peer_bytes"] == 16 * 2**20
