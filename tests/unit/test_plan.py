@@ -193,12 +193,12 @@ def test_nccl_buffers_are_counted_per_peer(layout, gpus, cfg_parallel, expected)
 
 
 def test_a_multi_gpu_plan_adds_nccl_buffers_to_each_rank():
-    three = plan.make_plan(_cfg("resolution=720p", "duration=20", "gpus=3", "gpu_memory=80GB", "model=hunyuan_xl"))
+    args = ("resolution=720p", "duration=20", "gpu_memory=80GB", "model=hunyuan_xl")
+    one, three = (plan.make_plan(_cfg(*args, f"gpus={n}")) for n in (1, 3))
+    [alone] = one["ranks"]
     topo = Topology.parse(three["layout"], 3)
-    single = [r for r in three["ranks"] if len(r["stages"]) == 1]
-    assert single
-    for r in single:
-        peers = plan.nccl_peers(topo, r["ranks"][0])
-        assert peers > 0
-        assert r["gpu_bytes"] == three["stages"][r["stages"][0]]["gpu_bytes"] + peers * estimates.NCCL_PEER_BYTES
+    for group in three["ranks"]:
+        assert group["stages"] == alone["stages"]  # replicas of the whole pipeline: only the peers differ
+        peers = max(plan.nccl_peers(topo, r) for r in group["ranks"])
+        assert peers > 0 and group["gpu_bytes"] == alone["gpu_bytes"] + peers * estimates.NCCL_PEER_BYTES
     assert three["calibration"]["nccl_peer_bytes"] == 16 * 2**20
