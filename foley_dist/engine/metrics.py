@@ -7,6 +7,7 @@ gathers the records into the run report and, if asked, a trace with one track pe
 from __future__ import annotations
 
 import logging
+import os
 import resource
 import threading
 import time
@@ -37,6 +38,7 @@ class RankStats:
     peak_rss_mb: float = 0.0
     cuda_peak_allocated_mb: float | None = None
     gpu_utilization_pct: float | None = None
+    nvml_used_peak_mb: float | None = None  # what NVML sees: also the CUDA context and NCCL's buffers
     origin_unix: float = 0.0  # lets the trace align ranks on one time axis
 
     def busy_by_stage(self) -> dict[str, float]:
@@ -65,7 +67,7 @@ class Recorder:
         self._device = device
         self._timed: list[tuple[Span, torch.cuda.Event, torch.cuda.Event]] = []
         self._origin = self._event()  # the compute stream's clock at _t0 (nothing queued on it yet)
-        self._utilization = UtilizationSampler(device) if device.type == "cuda" else None
+        self._nvml = NvmlSampler(device) if device.type == "cuda" else None
 
     def _event(self) -> torch.cuda.Event | None:
         """A timing event recorded now on the compute stream; None off CUDA."""
@@ -96,7 +98,10 @@ class Recorder:
         self.stats.peak_rss_mb = peak_rss_mb()
         if self._device.type == "cuda":
             self.stats.cuda_peak_allocated_mb = torch.cuda.max_memory_allocated(self._device) / 2**20
-            self.stats.gpu_utilization_pct = self._utilization.stop()
+            nvml = self._nvml.stop()
+            if nvml is not None:
+                self.stats.gpu_utilization_pct = nvml.utilization_pct
+                self.stats.nvml_used_peak_mb = nvml.used_peak_bytes / 2**20
         return self.stats
 
 
@@ -112,13 +117,20 @@ def nvml_uuid(device: torch.device) -> str:
     return uuid if uuid.startswith(("GPU-", "MIG-")) else f"GPU-{uuid}"
 
 
-class UtilizationSampler:
-    """Mean GPU utilisation over the run, from NVML (the `gpu` extra) every `period` seconds on a
-    daemon thread; NVML reports the busy share of its last sample window, so one reading at the end
-    of a run would only see the idle GPU. `stop()` returns None where NVML is absent."""
+@dataclass
+class NvmlFigures:
+    utilization_pct: float  # mean over the samples
+    used_peak_bytes: int  # this process's GPU memory (CUDA context, NCCL buffers, allocator cache), else the device's
+
+
+class NvmlSampler:
+    """GPU utilisation and memory from NVML (the `gpu` extra) every `period` seconds on a daemon
+    thread, while the run goes: NVML reports the busy share of its last sample window, so one reading
+    at the end of a run would only see the idle GPU. `stop()` returns None where NVML is absent."""
 
     def __init__(self, device: torch.device, period: float = 0.5):
-        self._samples: list[float] = []
+        self._util: list[float] = []
+        self._used: list[int] = []
         self._stop = threading.Event()
         self._thread = None
         try:
@@ -127,24 +139,30 @@ class UtilizationSampler:
             pynvml.nvmlInit()
             self._nvml, self._handle = pynvml, pynvml.nvmlDeviceGetHandleByUUID(nvml_uuid(device))
         except Exception as exc:  # ImportError, or pynvml.NVMLError (no driver library, unknown UUID)
-            log.debug("no GPU utilisation figures: %s", exc)
+            log.debug("no NVML figures: %s", exc)
             return
         self._thread = threading.Thread(target=self._run, args=(period,), daemon=True, name="nvml-sampler")
         self._thread.start()
 
+    def _sample(self) -> None:
+        self._util.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+        mine = [p.usedGpuMemory for p in self._nvml.nvmlDeviceGetComputeRunningProcesses(self._handle)
+                if p.pid == os.getpid() and p.usedGpuMemory is not None]
+        self._used.append(mine[0] if mine else int(self._nvml.nvmlDeviceGetMemoryInfo(self._handle).used))
+
     def _run(self, period: float) -> None:
         while not self._stop.wait(period):
-            self._samples.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))
+            self._sample()
 
-    def stop(self) -> float | None:
+    def stop(self) -> NvmlFigures | None:
         if self._thread is None:
             return None
         self._stop.set()
         self._thread.join()
         self._thread = None
-        self._samples.append(float(self._nvml.nvmlDeviceGetUtilizationRates(self._handle).gpu))  # the last window
+        self._sample()  # the last window
         self._nvml.nvmlShutdown()
-        return sum(self._samples) / len(self._samples)
+        return NvmlFigures(sum(self._util) / len(self._util), max(self._used))
 
 
 def summarize(ranks: list[RankStats]) -> dict:
@@ -166,6 +184,7 @@ def summarize(ranks: list[RankStats]) -> dict:
                 "peak_rss_mb": round(r.peak_rss_mb, 1),
                 "cuda_peak_allocated_mb": r.cuda_peak_allocated_mb,
                 "gpu_utilization_pct": r.gpu_utilization_pct,
+                "nvml_used_peak_mb": r.nvml_used_peak_mb,
             }
             for r in ranks
         ],

@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
 
-from foley_dist.engine.metrics import Recorder, UtilizationSampler
+from foley_dist.engine.metrics import Recorder, NvmlSampler
 from foley_dist.models.foley import ModelSpec, _official_part
 from foley_dist.models.hunyuan_dit import HunyuanDiT
 from foley_dist.runtime import set_fp32_math
@@ -93,10 +93,12 @@ def test_compute_spans_exclude_work_on_other_streams():
 
 def test_nvml_utilization_of_this_gpu_while_it_works():
     pytest.importorskip("pynvml", reason="the gpu extra (nvidia-ml-py) is not installed")
-    sampler = UtilizationSampler(CUDA, period=0.05)
+    sampler = NvmlSampler(CUDA, period=0.05)
     x = torch.randn(4096, 4096, device=CUDA)
     deadline = time.perf_counter() + 1.5
     while time.perf_counter() < deadline:
         x = x @ x / 4096
         torch.cuda.synchronize()
-    assert sampler.stop() > 20  # NVML counts time with a kernel running; this loop keeps one running
+    figures = sampler.stop()
+    assert figures.utilization_pct > 20  # NVML counts time with a kernel running; this loop keeps one running
+    assert figures.used_peak_bytes > torch.cuda.memory_allocated(CUDA)  # + the CUDA context
