@@ -58,9 +58,10 @@ def test_fp32_precision_convolutions_are_ieee():
             errors[precision] = ((out - ref).norm() / ref.norm()).item()
     finally:
         set_fp32_math("fp32")
-    assert errors["fp32"] < 1e-6, errors  # fp32 rounding: ~1e-7
-    if torch.cuda.get_device_capability(CUDA) >= (8, 0):
-        assert errors["bf16"] > 1e-5, errors  # TF32 (10-bit mantissa): ~1e-4
+    # fp32 rounding over 1536-term sums: ~1e-7 to 1e-6; TF32 rounds each input to a 10-bit mantissa: ~3e-4
+    assert errors["fp32"] < 1e-5, errors
+    if torch.cuda.get_device_capability(CUDA) >= (8, 0):  # TF32 exists from Ampere on
+        assert errors["bf16"] > 1e-5, errors
 
 
 @pytest.mark.parametrize("seam,cfg_split", [("crossfade", False), ("crossfade", True), ("joint", True)])
