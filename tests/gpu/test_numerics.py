@@ -46,6 +46,23 @@ def test_bf16_dit_loads_on_the_gpu_within_its_weights(tmp_path, fmt, part):
     assert torch.equal(weights[key].cpu(), state[key])
 
 
+def test_random_bf16_dit_builds_on_the_gpu_within_its_weights():
+    """A random DiT (gpu_check's full-size XL run) is cast layer by layer as it is built: the GPU
+    holds its bf16 weights plus one fp32 layer, not a whole fp32 model."""
+    from foley_dist.config import ModelConfig
+    from foley_dist.models.foley import build_parts
+
+    spec = ModelSpec.named("hunyuan_xl")
+    spec = replace(spec, name="tiny", dit=replace(spec.dit, **MID))  # "tiny": random parts
+    torch.cuda.empty_cache()
+    torch.cuda.reset_peak_memory_stats(CUDA)
+    base = torch.cuda.memory_allocated(CUDA)
+    dit = build_parts(spec, ("dit",), ModelConfig(), CUDA, torch.bfloat16)["dit"]
+    final = sum(v.numel() * v.element_size() for v in dit.state_dict().values())
+    assert {p.dtype for p in dit.parameters()} == {torch.bfloat16}
+    assert torch.cuda.max_memory_allocated(CUDA) - base <= 1.15 * final
+
+
 def test_fp32_precision_convolutions_are_ieee():
     g = torch.Generator().manual_seed(0)
     x, w = torch.randn(4, 512, 1024, generator=g), torch.randn(512, 512, 3, generator=g)
