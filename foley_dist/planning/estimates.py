@@ -67,12 +67,13 @@ CONV_CHANNEL_ALIGN = 16
 # usual ~0.5 GB of an H100 process before any tensor.
 CUDA_CONTEXT = 0.5e9
 # NCCL's own GPU buffers, allocated outside PyTorch's allocator (NVML sees them, max_memory_allocated
-# does not): point-to-point traffic with a peer runs on NCCL_P2P_CHANNELS channels (NCCL's
-# NCCL_NCHANNELS_PER_NET_PEER default), each with a buffer of NCCL_BUFFSIZE (4 MiB default) per
-# direction. Also an estimate from NCCL's documented defaults until measured on hardware.
+# does not): each communicator (process group) connected to a peer runs point-to-point traffic on
+# NCCL_P2P_CHANNELS channels (NCCL's NCCL_NCHANNELS_PER_NET_PEER default), each with a buffer of
+# NCCL_BUFFSIZE (4 MiB default) per direction. Also an estimate from NCCL's documented defaults
+# until measured on hardware (scripts/gpu_check.sh prints NVML's figure of a run).
 NCCL_BUFFSIZE = 4 * 2**20
 NCCL_P2P_CHANNELS = 2
-NCCL_PEER_BYTES = 2 * NCCL_P2P_CHANNELS * NCCL_BUFFSIZE  # send + receive: 16 MiB per peer
+NCCL_PEER_BYTES = 2 * NCCL_P2P_CHANNELS * NCCL_BUFFSIZE  # send + receive: 16 MiB per (group, peer)
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 VISUAL_BATCH = 32  # VisualEncoder.encode_batch_size default: frames per SigLIP forward
@@ -356,6 +357,6 @@ def rank_gpu_bytes(stages: tuple[str, ...], est: dict[str, StageEstimate], param
                    peers: int = 0) -> int:
     """GPU memory of a rank hosting `stages`: each part's weights once (fusion and diffusion share the
     DiT), the largest stage working set (stages run one after another), the CUDA context and NCCL's
-    buffers for the `peers` it exchanges messages with."""
+    buffers for its `peers` links ((process group, peer) pairs)."""
     weights = weight_bytes(params, stage_parts(stages), precision)
     return int(CUDA_CONTEXT + peers * NCCL_PEER_BYTES + weights + ACTIVATION_FACTOR * max(est[s].activations for s in stages))

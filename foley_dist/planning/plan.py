@@ -16,7 +16,9 @@ from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
 from foley_dist.config import ModelConfig, VisionConfig
 from foley_dist.engine.autolayout import choose_layout
-from foley_dist.engine.schedule import STAGES, Topology, peers
+from foley_dist.engine import protocol
+from foley_dist.engine.protocol import ItemPlan
+from foley_dist.engine.schedule import STAGES, Topology
 from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.media.segments import SegmentPlan
 from foley_dist.media.video import probe
@@ -65,26 +67,22 @@ class PlanConfig:
 ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
-def nccl_peers(topo: Topology, rank: int) -> int:
-    """Ranks `rank` exchanges NCCL messages with: its pipeline neighbours, and on a diffusion rank the
-    ranks of the neighbouring items (joint sampling hands overlaps on every step) and its CFG partner."""
-    up, down = peers(topo, rank)
-    linked = set(up) | set(down)
-    last = topo.groups[-1]
-    for ring in (last.ranks, last.partners):
-        if rank in ring and len(ring) > 1:
-            i = ring.index(rank)
-            linked |= {ring[i - 1], ring[(i + 1) % len(ring)]}
-    if rank in last.ranks and last.partners:
-        linked.add(last.partners[last.ranks.index(rank)])
-    if rank in last.partners:
-        linked.add(last.ranks[last.partners.index(rank)])
-    return len(linked - {rank})
+def nccl_links(topo: Topology, segments: int) -> dict[int, int]:
+    """Per rank, the (process group, peer) pairs its NCCL communicators connect (Transport.connect
+    connects every pair the job's protocol uses): one video of `segments` segments under the default
+    seam=joint (CFG pairs swapping velocities where the layout has them). A few items already cover
+    every pair the round robin uses."""
+    paired = bool(topo.groups[-1].partners)
+    items = [ItemPlan(2, i > 0, paired) for i in range(min(segments, 2 * topo.world_size + 2))]
+    programs = protocol.check_job(topo, items)
+    return {r: sum(len(p) for p in protocol.connections(programs.get(r, [])).values()) for r in range(topo.world_size)}
 
 
-def group_gpu_bytes(topo: Topology, est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> list[int]:
-    """GPU bytes of each rank group: its stages, and NCCL buffers for its best-connected rank's peers."""
-    return [rank_gpu_bytes(g.stages, est, params, precision, max(nccl_peers(topo, r) for r in g.ranks + g.partners))
+def group_gpu_bytes(topo: Topology, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
+                    segments: int) -> list[int]:
+    """GPU bytes of each rank group: its stages, and NCCL buffers for its best-connected rank's links."""
+    links = nccl_links(topo, segments)
+    return [rank_gpu_bytes(g.stages, est, params, precision, max(links[r] for r in g.ranks + g.partners))
             for g in topo.groups]
 
 
@@ -97,7 +95,7 @@ def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], prec
     constraint used."""
     costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
-    if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), est, params, precision)):
+    if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), est, params, precision, segments)):
         return layout
     memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
     try:
@@ -195,7 +193,7 @@ def make_plan(cfg: PlanConfig) -> dict:
     topo = Topology.parse(layout, cfg.gpus)
     ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": gpu_bytes,
               "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
-             for g, gpu_bytes in zip(topo.groups, group_gpu_bytes(topo, est, params, precision))]
+             for g, gpu_bytes in zip(topo.groups, group_gpu_bytes(topo, est, params, precision, segments))]
     return {
         "model": spec.name,
         "precision": precision,

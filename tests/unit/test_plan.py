@@ -182,23 +182,24 @@ def test_condition_projections_are_planned_in_the_dtype_the_runtime_builds_and_o
 
 
 @pytest.mark.parametrize("layout,gpus,cfg_parallel,expected", [
-    (["vision", "fusion", "diffusion"], 3, False, [1, 2, 1]),
-    (["vision+fusion", "diffusion", "diffusion", "diffusion"], 4, False, [3, 3, 3, 3]),
-    (["vision+fusion", "diffusion", "diffusion"], 3, True, [2, 2, 2]),
+    (["vision", "fusion", "diffusion"], 3, False, [1, 2, 1]),  # stage messages only
+    # + joint overlaps between the diffusion replicas, one process group per direction
+    (["vision+fusion", "diffusion", "diffusion", "diffusion"], 4, False, [3, 4, 4, 5]),
+    (["vision+fusion", "diffusion", "diffusion"], 3, True, [2, 3, 3]),  # + the CFG pair's swaps (both groups)
     (["vision+fusion+diffusion"], 1, False, [0]),
 ])
-def test_nccl_buffers_are_counted_per_peer(layout, gpus, cfg_parallel, expected):
+def test_nccl_buffers_are_counted_per_connected_group_and_peer(layout, gpus, cfg_parallel, expected):
     topo = Topology.parse(layout, gpus, cfg_parallel)
-    assert [plan.nccl_peers(topo, r) for r in range(gpus)] == expected
+    assert list(plan.nccl_links(topo, 20).values()) == expected
 
 
 def test_a_multi_gpu_plan_adds_nccl_buffers_to_each_rank():
     args = ("resolution=720p", "duration=20", "gpu_memory=80GB", "model=hunyuan_xl")
     one, three = (plan.make_plan(_cfg(*args, f"gpus={n}")) for n in (1, 3))
     [alone] = one["ranks"]
-    topo = Topology.parse(three["layout"], 3)
+    links = plan.nccl_links(Topology.parse(three["layout"], 3), three["segments"])
     for group in three["ranks"]:
-        assert group["stages"] == alone["stages"]  # replicas of the whole pipeline: only the peers differ
-        peers = max(plan.nccl_peers(topo, r) for r in group["ranks"])
+        assert group["stages"] == alone["stages"]  # replicas of the whole pipeline: only the links differ
+        peers = max(links[r] for r in group["ranks"])
         assert peers > 0 and group["gpu_bytes"] == alone["gpu_bytes"] + peers * estimates.NCCL_PEER_BYTES
     assert three["calibration"]["nccl_peer_bytes"] == 16 * 2**20
