@@ -92,10 +92,21 @@ def sync_autocast_dtype(precision: str, device: torch.device) -> torch.dtype | N
     return torch.float16 if device.type == "cuda" and precision != "fp32" else None
 
 
+def set_fp32_math(precision: str) -> None:
+    """precision=fp32 means IEEE fp32 on CUDA as well: cuDNN convolutions (Synchformer, the DiT's
+    ConvSwiGLU, the audio decoder) default to TF32, a 10-bit mantissa. Other precisions keep cuDNN's
+    default, as the release runs. Process-wide flags, so every build sets them."""
+    exact = precision == "fp32"
+    torch.backends.cudnn.conv.fp32_precision = "ieee" if exact else "tf32"
+    if exact:
+        torch.backends.cuda.matmul.fp32_precision = "ieee"
+
+
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
                  parts: dict[str, torch.nn.Module], memory: MemoryOption = MemoryOption()) -> list[torch.nn.Module]:
     """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
     dit_dtype = autocast_dtype(cfg.hardware.precision, device)
+    set_fp32_math(cfg.hardware.precision)
     missing = tuple(p for p in stage_parts(names) if p not in parts)
     parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32, memory.fp8, memory.offload))
     dump, noise = getattr(cfg, "dump", None) is not None, getattr(cfg, "noise", None)

@@ -43,7 +43,9 @@ def load_state_dict(path: str | Path, device: str | torch.device = "cpu",
                     prefixes: Sequence[str] | None = None) -> dict[str, Tensor]:
     """Tensors of a local checkpoint, optionally only the keys starting with one of `prefixes`.
 
-    safetensors files are read lazily (only the selected tensors); zip pickles are memory-mapped.
+    safetensors files are read lazily (only the selected tensors); zip pickles are memory-mapped on
+    the host and only the selected tensors move to `device` (a fusion rank never holds the whole DiT).
+    On the CPU both stay mapped from the file until a tensor is read or copied.
     """
     path = Path(path)
     if not path.is_file():
@@ -52,8 +54,8 @@ def load_state_dict(path: str | Path, device: str | torch.device = "cpu",
     if suffix == ".safetensors":
         return _load_safetensors(path, str(device), prefixes)
     if suffix in PICKLE_SUFFIXES:
-        state = _state_dict_of(_load_pickle(path, device), path)
-        return {k: v for k, v in state.items() if _wanted(k, prefixes)}
+        state = _state_dict_of(_load_pickle(path, "cpu"), path)
+        return {k: v.to(device) for k, v in state.items() if _wanted(k, prefixes)}
     raise FoleyError(f"checkpoint {path}: unknown format {suffix!r} "
                      f"(expected .safetensors or one of {PICKLE_SUFFIXES})")
 
@@ -108,12 +110,15 @@ def _state_dict_of(obj: object, path: Path) -> dict[str, Tensor]:
 
 
 def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], what: str = "DiT",
-              prefixes: Sequence[str] | None = None, source: str | Path | None = None) -> None:
+              prefixes: Sequence[str] | None = None, source: str | Path | None = None,
+              dtype: torch.dtype | None = None, device: str | torch.device | None = None) -> None:
     """Load `state_dict` into `module`, strictly; with `prefixes`, only that part of the module.
 
-    Parameters on the meta device take the given tensors as they are (cast to the parameter
-    dtype, no copy), so a module built under `torch.device("meta")` is filled without allocating
-    twice; other parameters are copied in place.
+    Parameters on the meta device are materialised from the given tensors one at a time, straight
+    in their final form: on `device` (default: where the tensor is), floating-point ones in `dtype`
+    (default: the parameter's). Nothing else is allocated: a bf16 checkpoint loaded as bf16 never
+    exists in fp32, and a tensor already in its final form is taken as it is (no copy). Other
+    parameters are copied in place and keep their dtype and device.
     """
     own = {k: v for k, v in module.state_dict(keep_vars=True).items() if _wanted(k, prefixes)}
     missing = sorted(k for k in own if k not in state_dict)
@@ -125,9 +130,15 @@ def load_into(module: nn.Module, state_dict: Mapping[str, Tensor], what: str = "
     report_unused(what, source, unexpected)
     used = {k: v for k, v in state_dict.items() if k in own}
     if any(v.is_meta for v in own.values()):
-        module.load_state_dict({k: v.to(own[k].dtype) for k, v in used.items()}, strict=False, assign=True)
+        final = {k: v.to(device or v.device, _final_dtype(own[k], dtype)) for k, v in used.items()}
+        module.load_state_dict(final, strict=False, assign=True)
     else:
         module.load_state_dict(used, strict=False)
+
+
+def _final_dtype(own: Tensor, dtype: torch.dtype | None) -> torch.dtype:
+    """`dtype` for floating-point tensors (as `module.to(dtype)` would cast them), else the model's."""
+    return dtype if dtype is not None and own.is_floating_point() else own.dtype
 
 
 def report_unused(what: str, source: str | Path | None, keys: Sequence[str]) -> None:

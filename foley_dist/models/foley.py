@@ -12,11 +12,14 @@ Official release layout expected under model.path (see README.md):
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from torch import nn
+from torch.nn.modules.module import register_module_module_registration_hook
 
 from foley_dist.config import ModelConfig
 from foley_dist.errors import FoleyError
@@ -79,15 +82,37 @@ class ModelSpec:
         return cls.named(cfg.name, cfg.config)
 
 
-def random_part(spec: ModelSpec, part: str, seed: int, device: torch.device = torch.device("cpu")) -> nn.Module:
+@contextmanager
+def _cast_as_built(dtype: torch.dtype | None) -> Iterator[None]:
+    """Cast each submodule to `dtype` as soon as it is built and attached to its parent: it was
+    initialised in fp32 as before (same values as building the whole model and casting it), but the
+    fp32 copy of the whole model never exists, only that of the layer being built."""
+    if dtype is None:
+        yield
+        return
+    handle = register_module_module_registration_hook(lambda parent, name, sub: None if sub is None else sub.to(dtype))
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def random_part(spec: ModelSpec, part: str, seed: int, device: torch.device = torch.device("cpu"),
+                dtype: torch.dtype | None = None) -> nn.Module:
     """Random init seeded per part, so every rank that builds a part gets the same weights (on the
     same device type). On CUDA the DiT is initialised on the GPU: a full-size random XL/XXL DiT
-    (model.config=...) builds in seconds there instead of minutes on the CPU."""
-    if part == "dit_condition":  # the same seed and construction as the whole DiT, so the same weights
-        return strip_to_condition(random_part(spec, "dit", seed, device))
+    (model.config=...) builds in seconds there instead of minutes on the CPU. `dtype` (the DiT's
+    parts only) casts it layer by layer while it is built."""
+    if part == "dit_condition":
+        # The condition projections are built before the blocks, so a DiT without blocks draws the
+        # same weights for them from the same seed, without the whole model's transient.
+        blockless = replace(spec, dit=replace(spec.dit, depth_triple_blocks=0, depth_single_blocks=0))
+        dit = random_part(blockless, "dit", seed, device, dtype)
+        dit.config = spec.dit
+        return strip_to_condition(dit)
     torch.manual_seed(seed * len(PARTS) + PARTS.index(part))
     if part == "dit":
-        with torch.device(device if device.type == "cuda" else "cpu"):
+        with torch.device(device if device.type == "cuda" else "cpu"), _cast_as_built(dtype):
             return HunyuanDiT(spec.dit)
     return {
         "visual": lambda: VisualEncoder.from_config(spec.visual),
@@ -105,7 +130,8 @@ def find_weights(root: Path, stem: str) -> Path:
     raise FoleyError(f"{root} has no {stem}.safetensors or {stem}.pth; model.path must hold the official release (see README.md)")
 
 
-def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device) -> nn.Module:
+def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device,
+                   dit_dtype: torch.dtype = torch.float32) -> nn.Module:
     if part == "visual":
         return VisualEncoder.from_pretrained_dir(root / "siglip2")
     if part == "text":
@@ -118,8 +144,10 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device)
         dit = HunyuanDiT(spec.dit)
     prefixes = CONDITION_PREFIXES if part == "dit_condition" else None  # read only what this rank uses
     path = find_weights(root, spec.dit_file)
-    state = load_state_dict(path, device=device, prefixes=prefixes)
-    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path)
+    # Mapped on the host, then each tensor is copied once to `device` in `dit_dtype`: the device
+    # never holds more than the final weights plus one tensor in flight (issue 17 item 7).
+    state = load_state_dict(path, prefixes=prefixes)
+    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path, dtype=dit_dtype, device=device)
     return strip_to_condition(dit) if prefixes else dit
 
 
@@ -151,7 +179,10 @@ def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, devic
             dit = random_part(spec, part, cfg.init_seed, device) if path is None else load_dit(spec.dit, path, dit_dtype, fp8_dit)
             out[part] = place_dit(dit, device, dit_dtype, fp8_dit, offload)
             continue
-        module = random_part(spec, part, cfg.init_seed, device) if spec.name == "tiny" else _official_part(spec, part, root, device)
         dtype = dit_dtype if part in ("dit", "dit_condition") else None
+        if spec.name == "tiny":
+            module = random_part(spec, part, cfg.init_seed, device, dtype)
+        else:  # the DiT arrives on `device` in `dtype` already (both ways): the .to below is then a no-op
+            module = _official_part(spec, part, root, device, dtype or torch.float32)
         out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)
     return out

@@ -13,8 +13,9 @@ Memory per stage is
                  frames converted to model resolution
 
 Nothing grows with video length (DESIGN.md invariant 3): duration only sets the number of segments.
-Precision `bf16` plans the DiT with bf16 weights and activations (the release runs it so); the
-encoders, the sampler state and the audio decoder stay fp32.
+Precision `bf16` plans the DiT with bf16 weights and activations (the release runs it so), the
+fusion rank's condition projections and the conditioning they produce included; the encoders, the
+sampler state and the audio decoder stay fp32. A GPU rank also holds NCCL's buffers for each peer.
 """
 
 
@@ -65,6 +66,14 @@ CONV_CHANNEL_ALIGN = 16
 # Not measured here (no GPU in the calibration run): CUDA context + cuBLAS/cuDNN workspaces, the
 # usual ~0.5 GB of an H100 process before any tensor.
 CUDA_CONTEXT = 0.5e9
+# NCCL's own GPU buffers, allocated outside PyTorch's allocator (NVML sees them, max_memory_allocated
+# does not): each communicator (process group) connected to a peer runs point-to-point traffic on
+# NCCL_P2P_CHANNELS channels (NCCL's NCCL_NCHANNELS_PER_NET_PEER default), each with a buffer of
+# NCCL_BUFFSIZE (4 MiB default) per direction. Also an estimate from NCCL's documented defaults
+# until measured on hardware (scripts/gpu_check.sh prints NVML's figure of a run).
+NCCL_BUFFSIZE = 4 * 2**20
+NCCL_P2P_CHANNELS = 2
+NCCL_PEER_BYTES = 2 * NCCL_P2P_CHANNELS * NCCL_BUFFSIZE  # send + receive: 16 MiB per (group, peer)
 
 BYTES = {"fp32": 4, "bf16": 2, "fp16": 2}
 VISUAL_BATCH = 32  # VisualEncoder.encode_batch_size default: frames per SigLIP forward
@@ -84,8 +93,9 @@ def part_params(spec: ModelSpec) -> dict[str, int]:
 
 
 def weight_dtype(part: str, precision: str) -> str:
-    """Only the DiT follows `precision`; encoders and the audio decoder are fp32 as in the release."""
-    return precision if part == "dit" else "fp32"
+    """Only the DiT (its condition projections on a fusion rank included: build_parts casts both)
+    follows `precision`; encoders and the audio decoder are fp32 as in the release."""
+    return precision if part in ("dit", "dit_condition") else "fp32"
 
 
 # --- activations ------------------------------------------------------------------------------------
@@ -210,18 +220,19 @@ def text_activations(spec: ModelSpec) -> int:
     return 4 * (_vit_layer(tokens, c.hidden, c.intermediate) + scores)
 
 
-def conditioning_bytes(spec: ModelSpec, seconds: float, batch: int = 2) -> int:
-    """fp32 conditioning the fusion stage sends and the diffusion stage keeps: text, visual, sync."""
+def conditioning_bytes(spec: ModelSpec, seconds: float, precision: str, batch: int = 2) -> int:
+    """Conditioning the fusion stage sends and the diffusion stage keeps (text, visual, sync), in the
+    DiT's precision: the condition projections' outputs."""
     n = TokenCounts.for_seconds(spec.dit, seconds)
-    return 4 * batch * (n.text + n.visual + n.sync) * spec.dit.hidden_size
+    return BYTES[precision] * batch * (n.text + n.visual + n.sync) * spec.dit.hidden_size
 
 
-def fusion_activations(spec: ModelSpec, seconds: float) -> int:
-    """The larger of the (cached, once per prompt) text encode and the condition projections, whose
-    widest op is the sync SwiGLU over the CFG batch; plus the conditioning it outputs."""
+def fusion_activations(spec: ModelSpec, seconds: float, precision: str) -> int:
+    """The larger of the (cached, once per prompt) fp32 text encode and the condition projections,
+    whose widest op is the sync SwiGLU over the CFG batch; plus the conditioning it outputs."""
     n, c = TokenCounts.for_seconds(spec.dit, seconds), spec.dit.hidden_size
-    sync_in = 4 * 2 * n.sync * (2 * c + 3 * swiglu_hidden(4 * c))
-    return max(text_activations(spec), sync_in) + conditioning_bytes(spec, seconds)
+    sync_in = BYTES[precision] * 2 * n.sync * (2 * c + 3 * swiglu_hidden(4 * c))
+    return max(text_activations(spec), sync_in) + conditioning_bytes(spec, seconds, precision)
 
 
 def dit_activations(spec: ModelSpec, seconds: float, precision: str, batch: int = 2) -> int:
@@ -252,7 +263,7 @@ def diffusion_activations(spec: ModelSpec, seconds: float, precision: str) -> in
     latent_frames = round(seconds * spec.latent_rate)
     sampler = 4 * 4 * 2 * spec.dit.audio_vae_latent_dim * latent_frames  # x, [x; x], v, guided v (fp32)
     work = max(dit_activations(spec, seconds, precision), vae_activations(spec.vae, latent_frames))
-    return conditioning_bytes(spec, seconds) + sampler + work
+    return conditioning_bytes(spec, seconds, precision) + sampler + work
 
 
 # --- FLOPs (matrix products only, 2 per multiply-add, like models/hunyuan_cost.py) ------------------
@@ -336,7 +347,7 @@ def estimate_stages(spec: ModelSpec, precision: str, seconds: float, width: int,
     images = tile_grid(vision, width, height).images_per_frame if vision.tiling else 1
     flops = stage_flops(spec, seconds, steps, guidance_scale, images)
     vm = vision_memory(spec, seconds, width, height, vision)
-    fusion, diffusion = fusion_activations(spec, seconds), diffusion_activations(spec, seconds, precision)
+    fusion, diffusion = fusion_activations(spec, seconds, precision), diffusion_activations(spec, seconds, precision)
     memory = {"vision": (vm.device, vm.host, vm.cpu), "fusion": (fusion, 0, fusion), "diffusion": (diffusion, 0, diffusion)}
     return {s: StageEstimate(s, stage_parts((s,)), weight_bytes(params, stage_parts((s,)), precision), *memory[s], flops[s])
             for s in STAGES}
@@ -344,6 +355,7 @@ def estimate_stages(spec: ModelSpec, precision: str, seconds: float, width: int,
 
 def rank_gpu_bytes(stages: tuple[str, ...], est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> int:
     """GPU memory of a rank hosting `stages`: each part's weights once (fusion and diffusion share the
-    DiT), the largest stage working set (stages run one after another), the CUDA context."""
+    DiT), the largest stage working set (stages run one after another) and the CUDA context; NCCL's
+    buffers depend on the layout's links and are added per rank group (plan.group_gpu_bytes)."""
     weights = weight_bytes(params, stage_parts(stages), precision)
     return int(CUDA_CONTEXT + weights + ACTIVATION_FACTOR * max(est[s].activations for s in stages))

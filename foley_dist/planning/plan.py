@@ -20,6 +20,8 @@ from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
 from foley_dist.config import ModelConfig, RunConfig, VisionConfig
 from foley_dist.engine.autolayout import choose_layout
+from foley_dist.engine import protocol
+from foley_dist.engine.protocol import ItemPlan
 from foley_dist.engine.schedule import STAGES, Topology, expand_layout
 from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.media.segments import SegmentPlan
@@ -32,6 +34,7 @@ from foley_dist.planning.estimates import (
     DECODER_BASE,
     DECODER_FRAMES,
     FRAMEWORK_RSS,
+    NCCL_PEER_BYTES,
     RUNTIME_OVERHEAD,
     StageEstimate,
     estimate_stages,
@@ -70,6 +73,24 @@ class PlanConfig:
 ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
+def nccl_links(topo: Topology, segments: int) -> dict[int, int]:
+    """Per rank, the (process group, peer) pairs its NCCL communicators connect (Transport.connect
+    connects every pair the job's protocol uses): one video of `segments` segments under the default
+    seam=joint (CFG pairs swapping velocities where the layout has them). A few items already cover
+    every pair the round robin uses."""
+    paired = bool(topo.groups[-1].partners)
+    items = [ItemPlan(2, i > 0, paired) for i in range(min(segments, 2 * topo.world_size + 2))]
+    programs = protocol.check_job(topo, items)
+    return {r: sum(len(p) for p in protocol.connections(programs.get(r, [])).values()) for r in range(topo.world_size)}
+
+
+def group_gpu_bytes(topo: Topology, rank_bytes: Callable[[tuple[str, ...]], int], segments: int) -> list[int]:
+    """GPU bytes of each rank group: its stages (`rank_bytes`), and NCCL buffers for its best-connected
+    rank's links."""
+    links = nccl_links(topo, segments)
+    return [rank_bytes(g.stages) + max(links[r] for r in g.ranks + g.partners) * NCCL_PEER_BYTES for g in topo.groups]
+
+
 def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...]], int], precision: str, gpus: int,
                      segments: int, budget: int) -> list[str]:
     """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
@@ -79,8 +100,7 @@ def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[
     constraint used."""
     costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
-    topo = Topology.parse(layout, gpus)
-    if all(rank_bytes(g.stages) <= budget for g in topo.groups):
+    if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), rank_bytes, segments)):
         return layout
     memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
     try:
@@ -247,9 +267,10 @@ def make_plan(cfg: PlanConfig) -> dict:
     chosen = min(fitting, key=lambda o: (round(o.relative_time, 2), o.option.fp8))  # fastest; exact weights on a tie
     est, layout = chosen.est, chosen.layout
     total_flops = sum(e.flops for e in est.values())
-    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": chosen.rank_bytes(g.stages),
+    topo = Topology.parse(layout, cfg.gpus)
+    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": gpu_bytes,
               "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
-             for g in Topology.parse(layout, cfg.gpus).groups]
+             for g, gpu_bytes in zip(topo.groups, group_gpu_bytes(topo, chosen.rank_bytes, segments))]
     return {
         "model": spec.name,
         "precision": precision,
@@ -271,7 +292,7 @@ def make_plan(cfg: PlanConfig) -> dict:
         "tiling": tiling_advice(spec, cfg.vision, width, height),
         "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
                         "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
-                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
+                        "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT, "nccl_peer_bytes": NCCL_PEER_BYTES},
     }
 
 

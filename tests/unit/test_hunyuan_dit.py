@@ -219,3 +219,30 @@ def test_fusion_rank_dit_reads_and_keeps_only_the_condition_projections(tmp_path
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert all(torch.equal(x, y) for x, y in zip(part.empty_features(1, 40, 120), full.empty_features(1, 40, 120)))
     assert strip_to_condition(full).triple_blocks is None
+
+
+def test_random_condition_part_draws_the_whole_dits_weights_without_building_it():
+    """A fusion rank of a random model builds only the condition projections (built before the blocks,
+    so the same seed gives the same weights as in the whole DiT the diffusion rank builds)."""
+    from foley_dist.models.foley import ModelSpec, random_part
+    from foley_dist.models.hunyuan_dit import strip_to_condition
+
+    spec = ModelSpec.named("tiny")
+    part = random_part(spec, "dit_condition", 3)
+    whole = strip_to_condition(random_part(spec, "dit", 3)).state_dict()
+    assert part.config == spec.dit and part.state_dict().keys() == whole.keys()
+    assert all(torch.equal(v, whole[k]) for k, v in part.state_dict().items())
+
+
+@pytest.mark.parametrize("part", ["dit", "dit_condition"])
+def test_random_dit_cast_while_built_equals_built_then_cast(part):
+    """The random DiT is cast layer by layer as it is built (no whole fp32 copy); the values are the
+    fp32 initialisation rounded, bit for bit as casting the finished fp32 model."""
+    from foley_dist.models.foley import ModelSpec, random_part
+
+    spec = ModelSpec.named("tiny")
+    cast = random_part(spec, part, 5, dtype=torch.bfloat16).to(torch.bfloat16).state_dict()
+    ref = random_part(spec, part, 5).to(torch.bfloat16).state_dict()
+    assert cast.keys() == ref.keys() and all(torch.equal(v, ref[k]) for k, v in cast.items())
+    blocks = random_part(spec, "dit", 5, dtype=torch.bfloat16).triple_blocks
+    assert {p.dtype for p in blocks.parameters()} == {torch.bfloat16}  # cast while built, before any .to

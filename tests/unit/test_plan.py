@@ -32,8 +32,8 @@ def test_weights_are_parameter_counts_times_bytes(xxl):
     params = estimates.part_params(xxl)
     est = estimates.estimate_stages(xxl, "bf16", 5.0, 1920, 1080, 50, 4.5, params=params)
     assert est["vision"].weights == 4 * (params["visual"] + params["sync"])
-    # fusion builds only the DiT's condition projections (fp32, as the runtime keeps them)
-    assert est["fusion"].weights == 4 * params["text"] + 4 * params["dit_condition"]
+    # fusion builds only the DiT's condition projections, in the DiT's precision (build_parts casts them)
+    assert est["fusion"].weights == 4 * params["text"] + 2 * params["dit_condition"]
     assert params["dit_condition"] < 0.01 * params["dit"]
     assert est["diffusion"].weights == 2 * params["dit"] + 4 * params["vae"]
     assert 10.2e9 < 2 * params["dit"] < 10.35e9  # XXL DiT in bf16: ~10.3 GB
@@ -189,3 +189,48 @@ def test_the_smallest_fit_named_on_exit_5_fits():
     assert plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={need}GB"))["fits"]
     with pytest.raises(FoleyError):
         plan.make_plan(_cfg("model=hunyuan_xxl", "resolution=1080p", "duration=60", "gpus=1", f"gpu_memory={need - 0.2}GB"))
+
+
+def test_condition_projections_are_planned_in_the_dtype_the_runtime_builds_and_outputs():
+    """Issue 17 item 10: the fusion rank's DiT part and its conditioning are in the DiT's precision."""
+    from foley_dist.config import ModelConfig
+    from foley_dist.engine.message import Message
+    from foley_dist.models.foley import build_parts
+    from foley_dist.stages import FusionStage
+
+    spec, cpu = ModelSpec.named("tiny"), torch.device("cpu")
+    params = estimates.part_params(spec)
+    for precision, dtype, autocast in (("bf16", torch.bfloat16, torch.bfloat16), ("fp32", torch.float32, None)):
+        parts = build_parts(spec, ("text", "dit_condition"), ModelConfig(), cpu, dtype)
+        built = sum(p.numel() * p.element_size() for p in parts["dit_condition"].parameters())
+        assert built == estimates.weight_bytes(params, ("dit_condition",), precision)
+        feats = {"clip_feat": torch.randn(1, 40, 768), "sync_feat": torch.randn(1, 120, 768)}
+        meta = {"prompt": "rain", "segment": 0}
+        cond = FusionStage(spec, parts["text"], parts["dit_condition"], "noisy", autocast)(Message(0, feats, meta)).tensors
+        per_element = estimates.conditioning_bytes(spec, 5.0, precision) // (2 * spec.dit.hidden_size * sum(
+            getattr(estimates.TokenCounts.for_seconds(spec.dit, 5.0), k) for k in ("text", "visual", "sync")))
+        assert {v.element_size() for v in cond.values()} == {per_element}
+
+
+@pytest.mark.parametrize("layout,gpus,cfg_parallel,expected", [
+    (["vision", "fusion", "diffusion"], 3, False, [1, 2, 1]),  # stage messages only
+    # + joint overlaps between the diffusion replicas, one process group per direction
+    (["vision+fusion", "diffusion", "diffusion", "diffusion"], 4, False, [3, 4, 4, 5]),
+    (["vision+fusion", "diffusion", "diffusion"], 3, True, [2, 3, 3]),  # + the CFG pair's swaps (both groups)
+    (["vision+fusion+diffusion"], 1, False, [0]),
+])
+def test_nccl_buffers_are_counted_per_connected_group_and_peer(layout, gpus, cfg_parallel, expected):
+    topo = Topology.parse(layout, gpus, cfg_parallel)
+    assert list(plan.nccl_links(topo, 20).values()) == expected
+
+
+def test_a_multi_gpu_plan_adds_nccl_buffers_to_each_rank():
+    args = ("resolution=720p", "duration=20", "gpu_memory=80GB", "model=hunyuan_xl")
+    one, three = (plan.make_plan(_cfg(*args, f"gpus={n}")) for n in (1, 3))
+    [alone] = one["ranks"]
+    links = plan.nccl_links(Topology.parse(three["layout"], 3), three["segments"])
+    for group in three["ranks"]:
+        assert group["stages"] == alone["stages"]  # replicas of the whole pipeline: only the links differ
+        peers = max(links[r] for r in group["ranks"])
+        assert peers > 0 and group["gpu_bytes"] == alone["gpu_bytes"] + peers * estimates.NCCL_PEER_BYTES
+    assert three["calibration"]["nccl_peer_bytes"] == 16 * 2**20

@@ -86,3 +86,25 @@ def test_bf16_dit_weights_as_the_release(setup):
     ref = _run(setup, None)["audio"]
     assert audio.dtype == torch.float32 and torch.isfinite(audio).all()
     assert relative_error(audio, ref) < 10 * AUDIO_RTOL  # weights rounded to bf16 as well as activations
+
+
+@pytest.mark.parametrize("precision,conv", [("fp32", "ieee"), ("bf16", "tf32")])
+def test_fp32_precision_turns_tf32_convolutions_off(precision, conv):
+    """Issue 17 item 8: cuDNN convolutions default to TF32 on CUDA; precision=fp32 must mean IEEE
+    fp32 for them and for matmuls (the flags are process-wide: the same code on CPU sets them)."""
+    from foley_dist.config import GenerateConfig
+    from foley_dist.runtime import build_stages
+
+    flags = torch.backends.cudnn.conv, torch.backends.cuda.matmul
+    before = [f.fp32_precision for f in flags]
+    cfg = GenerateConfig(video="unused.mp4")
+    cfg.hardware.precision = precision
+    try:
+        torch.backends.cudnn.conv.fp32_precision = "none" if precision == "fp32" else "ieee"
+        build_stages(("fusion",), cfg, ModelSpec.named("tiny"), torch.device("cpu"), {})
+        assert torch.backends.cudnn.conv.fp32_precision == conv
+        if precision == "fp32":
+            assert torch.backends.cuda.matmul.fp32_precision == "ieee"
+    finally:
+        for f, value in zip(flags, before):
+            f.fp32_precision = value
