@@ -16,7 +16,10 @@ connection to MASTER_ADDR:MASTER_PORT, never the NCCL or gloo data path) and rea
 On a verdict the thread prints one line naming the dead rank, records it (with `cause`, which the
 launcher uses to blame that rank), lets the sink drop its temporary output (finished segments stay on
 disk), and ends the process with exit 3 through os._exit: the main thread may be blocked in a C++
-wait that no Python exception or signal handler can interrupt.
+wait that no Python exception or signal handler can interrupt. For the same reason the thread also
+watches for SIGTERM/SIGINT (through signal.set_wakeup_fd): if the main thread has not ended
+TERM_GRACE_S after one arrived, the thread exits with 143/130 for it, so torch's agent need not wait
+out its 30 s before SIGKILL, which the launcher would read as a crash.
 
 DEAD_AFTER_S = 6 keeps a SIGKILL-to-job-exit time under 10 s (6 s of silence, up to one interval to
 see it, about a second to exit and for the launcher to stop the rest) while tolerating a rank starved
@@ -28,6 +31,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import sys
 import threading
 import time
@@ -43,6 +47,7 @@ from foley_dist.errors import record_failure
 INTERVAL_S = 0.5
 DEAD_AFTER_S = 6.0
 STORE_TIMEOUT_S = 2.0  # one store operation; a store silent past DEAD_AFTER_S is dead
+TERM_GRACE_S = 2.0  # a main thread blocked in a C++ wait ignores SIGTERM; after this the heartbeat exits for it
 PEER_FAILED = 3
 PASSIVE = (0, 130, 143)  # a peer that finished or was stopped by a signal: its silence is no failure
 # set in every rank, and by `foley-dist launch` before torch's agent (which would set ASYNC_ERROR_HANDLING=1)
@@ -136,6 +141,7 @@ class Heartbeat:
         self._stop = threading.Event()
         self._lock = threading.Lock()  # a verdict and a normal stop never interleave
         self._thread = threading.Thread(target=self._loop, name="foley-dist-heartbeat", daemon=True)
+        self._signals: int | None = None  # read end of the signal wake-up pipe, when this rank owns it
 
     @classmethod
     def start(cls, rank: int, world_size: int) -> "Heartbeat | None":
@@ -148,8 +154,35 @@ class Heartbeat:
         attempt = os.environ.get("TORCHELASTIC_RESTART_COUNT", "0")  # keys of a dead attempt are not read
         beat = cls(rank, world_size, store, f"foley_dist/attempt{attempt}/liveness{cls._runs}/")
         store.add(beat._key("beat", rank), 1)
+        beat._watch_signals()
         beat._thread.start()
         return beat
+
+    def _watch_signals(self) -> None:
+        """Have Python write each signal it catches to a pipe this thread reads; only from the main
+        thread, and only if nothing else (an asyncio loop) uses the wake-up fd."""
+        read, write = os.pipe()
+        os.set_blocking(read, False)
+        os.set_blocking(write, False)
+        try:
+            previous = signal.set_wakeup_fd(write, warn_on_full_buffer=False)
+        except ValueError:  # not the main thread
+            previous = None
+        if previous == -1:
+            self._signals = read
+            return
+        if previous is not None:
+            signal.set_wakeup_fd(previous)
+        os.close(read)
+        os.close(write)
+
+    def _caught(self) -> int | None:
+        """SIGTERM or SIGINT, if Python caught one since the last look."""
+        try:
+            got = os.read(self._signals, 64) if self._signals is not None else b""
+        except BlockingIOError:
+            got = b""
+        return next((s for s in (signal.SIGTERM, signal.SIGINT) if s in got), None)
 
     def stop(self, error: BaseException | None = None) -> None:
         """Leave the watch: peers read this rank's exit code (0 when `error` is None) and stop
@@ -158,6 +191,11 @@ class Heartbeat:
             self._stop.set()
             self._end(0 if error is None else exit_code(error), None)
         self._thread.join(timeout=STORE_TIMEOUT_S + INTERVAL_S)
+        if self._signals is not None:
+            try:
+                os.close(signal.set_wakeup_fd(-1))
+            except ValueError:  # stopped from another thread: leave the pipe to the process's end
+                pass
         if error is not None:
             self._linger()
 
@@ -187,7 +225,15 @@ class Heartbeat:
     def _loop(self) -> None:
         watch = Watch(self.rank, [p for p in range(self.world_size) if p != self.rank], time.monotonic())
         failed = None  # the store's first error: a TCPStore client does not recover from one, so no retries
+        signalled: tuple[int, float] | None = None
         while not self._stop.wait(INTERVAL_S):
+            caught = self._caught()
+            if signalled is None and caught is not None:
+                signalled = (caught, time.monotonic())
+            if signalled is not None and time.monotonic() - signalled[1] > TERM_GRACE_S:
+                name = signal.Signals(signalled[0]).name
+                self._exit(128 + signalled[0], f"foley-dist: rank {self.rank}: terminated ({name}) while blocked in a "
+                                               "wait; finished segments are kept, re-run to resume")
             verdict = None
             if failed is None:
                 try:
@@ -200,16 +246,17 @@ class Heartbeat:
                 verdict = (host, f"the job's store ({where}) stopped answering for "
                                  f"{time.monotonic() - watch.store_ok:.0f} s ({failed})")
             if verdict is not None:
-                self._die(*verdict)
+                dead, reason = verdict
+                self._exit(PEER_FAILED, f"foley-dist: rank {self.rank}: {reason}; finished segments are kept, "
+                                        "re-run the same command to resume", dead, reason)
 
-    def _die(self, dead: int | None, reason: str) -> None:
+    def _exit(self, code: int, line: str, dead: int | None = None, reason: str = "") -> None:
+        """Record, tell the peers, let the sink clean up and end the process, unless the run ended first."""
         with self._lock:
             if self._stop.is_set():
                 return  # the run ended normally meanwhile
-            line = (f"foley-dist: rank {self.rank}: {reason}; finished segments are kept, "
-                    "re-run the same command to resume")
-            record_failure(PEER_FAILED, line, cause=dead)
-            self._end(PEER_FAILED, dead, reason)
+            record_failure(code, line, cause=dead)
+            self._end(code, dead, reason)
             if self.cleanup is not None:
                 try:
                     self.cleanup()
@@ -217,7 +264,7 @@ class Heartbeat:
                     pass
             sys.stdout.flush()
             self._linger()
-            os._exit(PEER_FAILED)
+            os._exit(code)
 
 
 def stop(beat: Heartbeat | None, error: BaseException | None = None) -> None:

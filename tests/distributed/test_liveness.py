@@ -6,6 +6,8 @@ from __future__ import annotations
 import json
 import os
 import signal
+import sys
+import threading
 import time
 
 import psutil
@@ -130,14 +132,16 @@ def test_launcher_keeps_a_named_ranks_own_error(tmp_path):
 
 def _blocked_ranks(rank: int, world: int, folder: str, event: str) -> str:
     """Every rank but the last blocks in a gloo receive that never completes by itself; the last one
-    fails with its own error (`event` "fail") or, as rank 0, takes the store down ("store")."""
+    fails with its own error (`event` "fail"), or rank 0 takes the store down ("store") or gets SIGTERM
+    while it is blocked ("term")."""
     os.environ["TORCHELASTIC_ERROR_FILE"] = os.path.join(folder, f"error{rank}.json")
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(143))  # as cli.main: a Python handler
     env = transport.detect_env("cpu")
     transport.init(env, 120.0)
     beat = liveness.Heartbeat.start(rank, world)
-    if event == "store" and rank == 0:
-        time.sleep(1.0)
-        os.kill(os.getpid(), signal.SIGKILL)  # rank 0 hosts the store without torch's agent
+    if event == "store":  # rank 0 hosts the store without torch's agent
+        time.sleep(1.0 if rank == 0 else 60.0)  # 1 and 2 sleep: a wait on each other would end with the first
+        os.kill(os.getpid(), signal.SIGKILL)
     if event == "fail" and rank == world - 1:
         time.sleep(1.0)
         beat.stop(FoleyError("bad input found late"))
@@ -147,7 +151,9 @@ def _blocked_ranks(rank: int, world: int, folder: str, event: str) -> str:
         took = time.monotonic() - deadline + DEAD + 5
         time.sleep(4 * liveness.INTERVAL_S)  # rank 0, the store's host, lingers before it exits
         return f"peers ended {took:.1f} s after its failure"
-    peer = world - 1 if rank != world - 1 else 1  # 1 and 2 wait on each other in the store case
+    if event == "term" and rank == 0:
+        threading.Timer(1.0, os.kill, (os.getpid(), signal.SIGTERM)).start()
+    peer = world - 1 if rank != world - 1 else 0
     started = time.monotonic()
     dist.recv(torch.empty(1), src=peer)
     return f"returned after {time.monotonic() - started:.1f} s"
@@ -160,6 +166,17 @@ def test_peers_blocked_in_a_wait_exit_3_naming_a_rank_that_failed_with_its_own_e
         info = json.loads((tmp_path / f"error{r}.json").read_text())["foley_dist"]
         assert info["exit_code"] == 3 and info["cause"] == 2 and "rank 2 failed with exit code 2" in info["message"]
     assert out[2][0] == "ok" and float(out[2][1].split()[2]) < 3, out[2]  # within a few beats, not DEAD_AFTER_S
+
+
+def test_sigterm_ends_a_rank_blocked_in_a_wait_with_143(tmp_path):
+    """The Python handler cannot run while the main thread waits in C++ (NCCL, or gloo with the peer
+    alive); the heartbeat thread exits for it after TERM_GRACE_S."""
+    start = time.monotonic()
+    out = run_ranks(_blocked_ranks, 3, str(tmp_path), "term", timeout=60)
+    assert out[0] == ("exit", 143), out
+    info = json.loads((tmp_path / "error0.json").read_text())["foley_dist"]
+    assert info["exit_code"] == 143 and "terminated (SIGTERM) while blocked" in info["message"]
+    assert time.monotonic() - start < 40
 
 
 def test_a_dead_store_host_ends_the_others_naming_it(tmp_path):
