@@ -12,17 +12,15 @@ finished work is kept, re-run the same command to resume); 130 Ctrl-C.
 
 from __future__ import annotations
 
-import json
 import os
 import signal
 import sys
-import time
 from pathlib import Path
 
 from foley_dist import config
 from foley_dist.console import say
 from foley_dist.engine import transport
-from foley_dist.errors import FoleyError
+from foley_dist.errors import FoleyError, record_failure
 
 USAGE = """usage: foley-dist COMMAND [key=value ...]
 
@@ -47,6 +45,8 @@ class BatchIncomplete(Exception):
 
 class Preempted(Exception):
     """SIGTERM (Slurm pre-emption, torchrun shutdown): stop now; finished segments are on disk."""
+
+    exit_code = 143  # what peers read from this rank's end (engine/liveness.py)
 
 
 def _on_sigterm(signum, frame) -> None:
@@ -151,22 +151,6 @@ def launch(argv: list[str]) -> int:
 
 
 COMMANDS = {"generate": generate, "batch": batch, "plan": plan, "plot-trace": plot_trace, "convert": convert}
-
-
-def record_failure(code: int, line: str) -> int:
-    """Print the one line, and leave it with the exit code in TORCHELASTIC_ERROR_FILE when torch's
-    elastic agent started this worker, so `foley-dist launch` can report the root cause. Returns code."""
-    say(line)
-    path = os.environ.get("TORCHELASTIC_ERROR_FILE")
-    if path:
-        record = {"message": {"message": line, "extraInfo": {"timestamp": str(int(time.time()))}},
-                  "foley_dist": {"exit_code": code, "message": line, "time": time.time()}}
-        try:
-            Path(path).parent.mkdir(parents=True, exist_ok=True)
-            Path(path).write_text(json.dumps(record))
-        except OSError:
-            pass  # the exit code still tells the agent
-    return code
 
 
 def main(argv: list[str] | None = None) -> int:

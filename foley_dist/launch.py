@@ -4,14 +4,19 @@ A farm manager decides from the exit code whether to retry. Under plain torchrun
 becomes exit 1 plus a 50-line dump. This entry parses torchrun's own options with
 `torch.distributed.run`'s parser and runs its elastic agent (`torch.distributed.run.run` ->
 `elastic_launch`), then exits with the root-cause worker's code and prints that worker's one-line
-message. Workers record the code and the line in TORCHELASTIC_ERROR_FILE (cli.record_failure);
+message. Workers record the code and the line in TORCHELASTIC_ERROR_FILE (errors.record_failure);
 the root cause is:
 
 1. a worker killed by a signal other than SIGTERM (SIGKILL, the OOM killer), which records nothing:
-   3, its peers' "peer failure" lines follow from it; the job is retryable and resumes;
-2. else the earliest recorded failure other than 143 (2 bad input, 3 peer died, 4 partial batch);
-3. else a worker that exited non-zero without recording (1: a bug, its traceback is above);
-4. else 143: the workers were terminated (pre-emption), retry to resume.
+   3, its peers' "peer failure" lines follow from it; the job is retryable and resumes. When several
+   died so (NCCL's watchdog SIGABRTs survivors if its error handling is set to tear down), the one its
+   peers' heartbeats named (engine/liveness.py), then one not killed by SIGABRT;
+2. else the rank the peers' heartbeats named (each such record carries its `cause`): its own recorded
+   failure if it was not itself a consequence (3, 143), else 3 with the peer's line naming it (a hung
+   or SIGSTOPped rank, which the agent then terminates);
+3. else the earliest recorded failure other than 143 (2 bad input, 3 peer died, 4 partial batch);
+4. else a worker that exited non-zero without recording (1: a bug, its traceback is above);
+5. else 143: the workers were terminated (pre-emption), retry to resume.
 
 The launcher itself stopped by a signal exits 128 + signal (SIGTERM: 143). `--verbose` also prints
 torch's full failure report and keeps its log lines. `generate` is validated here first (settings,
@@ -21,8 +26,10 @@ input video, output paths), so bad input is refused before any rank starts.
 from __future__ import annotations
 
 import logging
+import os
 import signal
 import sys
+from collections import Counter
 
 from foley_dist.console import say
 
@@ -43,22 +50,31 @@ def _quiet_torch_logs() -> None:
 
 def root_cause(failures: dict) -> tuple[int, int, str]:
     """(rank, exit code, one-line message) of the failure that caused the others (module docstring)."""
-    recorded, died = [], []
+    recorded, died = {}, {}
     for rank, failure in sorted(failures.items()):
         data = failure.error_file_data if isinstance(failure.error_file_data, dict) else {}
-        info = data.get("foley_dist")
-        if info:
-            recorded.append((info["time"], rank, int(info["exit_code"]), info["message"]))
+        if data.get("foley_dist"):
+            recorded[rank] = data["foley_dist"]
         else:
-            died.append((rank, failure))
-    for rank, f in died:  # its peers only noticed it: they recorded 3 after it died
-        if f.exitcode < 0 and f.exitcode != -signal.SIGTERM:
-            return rank, 3, f"rank {rank} was killed by {f.signal_name()}; re-run the same command to resume"
-    real = sorted(r for r in recorded if r[2] != PREEMPTED)
+            died[rank] = failure
+    named = Counter(info["cause"] for info in recorded.values() if info.get("cause") is not None)
+    killed = sorted((rank not in named, f.exitcode == -signal.SIGABRT, rank) for rank, f in died.items()
+                    if f.exitcode < 0 and f.exitcode != -signal.SIGTERM)
+    if killed:  # its peers only noticed it: they recorded 3 after it died
+        rank = killed[0][2]
+        return rank, 3, f"rank {rank} was killed by {died[rank].signal_name()}; re-run the same command to resume"
+    if named:
+        rank = min(named, key=lambda r: (-named[r], r))
+        own = recorded.get(rank)
+        if own is not None and int(own["exit_code"]) not in (3, PREEMPTED):
+            return rank, int(own["exit_code"]), own["message"]
+        return rank, 3, min((i["time"], i["message"]) for i in recorded.values() if i.get("cause") == rank)[1]
+    real = sorted((i["time"], rank, int(i["exit_code"]), i["message"]) for rank, i in recorded.items()
+                  if int(i["exit_code"]) != PREEMPTED)
     if real:
         _, rank, code, message = real[0]
         return rank, code, message
-    for rank, f in died:
+    for rank, f in died.items():
         if f.exitcode > 0:
             return rank, f.exitcode, f"rank {rank} exited with code {f.exitcode} without a message (see its output above)"
     rank = min(failures)
@@ -96,6 +112,10 @@ def main(argv: list[str]) -> int:
     from torch.distributed import run as torchrun
     from torch.distributed.elastic.multiprocessing.errors import ChildFailedError
     from torch.distributed.elastic.multiprocessing.api import SignalException
+    from foley_dist.engine.liveness import NCCL_ENV
+
+    for key, value in NCCL_ENV.items():  # before the agent, which sets TORCH_NCCL_ASYNC_ERROR_HANDLING=1 if unset
+        os.environ.setdefault(key, value)
 
     args = torchrun.parse_args([*options, "-m", "foley_dist", *command])
     if not verbose:

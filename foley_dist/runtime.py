@@ -20,7 +20,7 @@ from foley_dist.audio.output import MARK, write_json_atomic
 from foley_dist.audio.sink import Sink, finished_segments, joint_resume_state
 from foley_dist.config import LayoutConfig, RunConfig
 from foley_dist.console import say
-from foley_dist.engine import transport
+from foley_dist.engine import liveness, transport
 from foley_dist.engine.autolayout import choose_layout, predict_makespan
 from foley_dist.engine.message import Message
 from foley_dist.engine.metrics import RankStats, Recorder, chrome_trace, summarize
@@ -175,7 +175,9 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     names = topo.stages_of(env.rank)
     is_sink = env.rank == topo.sink
 
+    liveness.configure_nccl(cfg.hardware.timeout_s)
     transport.init(env, cfg.hardware.timeout_s)
+    beat = liveness.Heartbeat.start(env.rank, env.world_size)  # None in one process
     # joint resumes from the first unfinished segment of a job, with the per-step tails its predecessor saved
     joint = {j: joint_resume_state(job) for j, job in enumerate(jobs)} if is_sink and cfg.seam == "joint" else {}
     local = {j: finished_segments(job) for j, job in enumerate(jobs)} if is_sink and cfg.seam == "crossfade" else {}
@@ -209,6 +211,8 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
             stages[names.index("diffusion")].channel.preload(n, torch.from_numpy(t).to(env.device))
     sink = Sink(jobs, spec.sample_rate, done, cfg.progress, cfg.seam_metric, journal,
                 coherent=cfg.seam == "joint", dump=getattr(cfg, "dump", None)) if is_sink else None
+    if beat is not None and sink is not None:
+        beat.cleanup = sink.abort  # a peer found dead ends this process without the except below
     start = time.time()
     try:
         execute(schedule, stages, items, link, rec, sink)
@@ -217,11 +221,13 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
                 link.finish()
         if sink is not None:
             sink.finish()
-    except BaseException:
+    except BaseException as e:
         if sink is not None:
             sink.abort()
+        liveness.stop(beat, e)
         raise
     gathered = transport.gather_objects(rec.finish(), topo.sink, env.world_size)
+    liveness.stop(beat)
     if not is_sink:
         return None
     return Outcome(build_report(cfg, spec, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)

@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parents[2] / "foley_dist"
-BASE = {"errors", "config", "conf"}
+BASE = {"errors", "config", "conf", "console"}
 ALLOWED = {
     "engine": BASE | {"engine"},
     "media": BASE | {"media"},
