@@ -12,8 +12,6 @@ from typing import Any
 
 import torch
 
-END_OF_STREAM = -1
-
 
 @dataclass
 class Message:
@@ -22,11 +20,3 @@ class Message:
     segment: int
     tensors: dict[str, torch.Tensor] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
-
-    @property
-    def is_end(self) -> bool:
-        return self.segment == END_OF_STREAM
-
-    @staticmethod
-    def end() -> "Message":
-        return Message(segment=END_OF_STREAM)

@@ -131,7 +131,7 @@ class Action:
 
 
 def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
-    """Each rank's ordered actions for `num_items` work items (segments), end-of-stream excluded.
+    """Each rank's ordered actions for `num_items` work items (segments).
 
     Group g's owner of item n receives it from group g-1's owner, computes its stages, and sends
     the result to group g+1's owner; the last group's owner hands the result to the sink (the last

@@ -74,7 +74,7 @@ ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
 def nccl_links(topo: Topology, segments: int) -> dict[int, int]:
-    """Per rank, the (process group, peer) pairs its NCCL communicators connect (Transport.connect
+    """Per rank, the (process group, peer) pairs its NCCL communicators connect (Link.connect
     connects every pair the job's protocol uses): one video of `segments` segments under the default
     seam=joint (CFG pairs swapping velocities where the layout has them). A few items already cover
     every pair the round robin uses."""
