@@ -181,6 +181,8 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
                      cfg.hardware.timeout_s, cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
+    if "vision" in names:  # its frame preparation decodes the next segment of this rank's order ahead
+        stages[names.index("vision")].upcoming([items[a.item].meta for a in schedule if a.kind == "compute"])
     links = step_channel(topo, link, env.rank) if link is not None else None
     if links is not None:
         stages[names.index("diffusion")].channel = links
@@ -202,10 +204,25 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
         if sink is not None:
             sink.abort()
         raise
+    finally:
+        if "vision" in names:
+            stages[names.index("vision")].close()
     gathered = transport.gather_objects(rec.finish(), topo.sink, env.world_size)
     if not is_sink:
         return None
     return Outcome(build_report(cfg, spec, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)
+
+
+def bound(report: dict, status: dict[int, dict]) -> dict:
+    """Host-bound or device-bound: the busiest rank sets the pace; it is host-bound when it runs the vision
+    stage and that stage waited longer for frame preparation (decode, RGB, resizes not hidden behind
+    encoding) than it spent in its encoders."""
+    wait = sum(s.get("vision", {}).get("host_wait_s", 0.0) for s in status.values())
+    encode = sum(s.get("vision", {}).get("encode_s", 0.0) for s in status.values())
+    busiest = max(report["ranks"], key=lambda r: r["busy_s"])["stages"] if report["ranks"] else []
+    host = "vision" in busiest and wait > encode
+    return {"by": "host" if host else "device", "busiest_rank_stages": list(busiest),
+            "vision_host_wait_s": round(wait, 3), "vision_encode_s": round(encode, 3)}
 
 
 def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job], ranks: list[RankStats], wall_s: float,
@@ -234,6 +251,7 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
                      "precision": cfg.hardware.precision},
         **summarize(ranks),
     }
+    report["bound"] = bound(report, status)
     segments = sum(len(j.plan) for j in jobs) - resumed
     measured = {k: v / segments for k, v in report["stage_busy_s"].items()} if segments else {}
     if set(measured) == set(STAGES):  # the scheduling model fed with this run's own stage costs
