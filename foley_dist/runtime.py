@@ -33,6 +33,7 @@ from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
 from foley_dist.models.joint import joined_items, link_neighbours
 from foley_dist.planning.estimates import stage_flops
+from foley_dist.planning.host import Source, layout_costs, load_calibration
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 
@@ -123,12 +124,15 @@ class Outcome:
     status: dict[int, dict]
 
 
-def stage_costs(cfg: RunConfig, spec: ModelSpec) -> dict[str, float]:
-    """Per-segment stage costs for layout search: configured seconds, else proportional to FLOPs."""
+def stage_costs(cfg: RunConfig, spec: ModelSpec, jobs: list[Job], device: torch.device) -> dict[str, float]:
+    """Per-segment stage costs for layout search: configured seconds, else estimated seconds as `foley-dist
+    plan` shows them (device seconds from FLOPs, the vision rank's host time for the first video)."""
     if cfg.layout.costs:
         return dict(cfg.layout.costs)
     flops = stage_flops(spec, cfg.segment_seconds, cfg.model.steps, cfg.model.guidance_scale)
-    return {k: v / max(flops.values()) for k, v in flops.items()}
+    info = jobs[0].info
+    return layout_costs(load_calibration(), flops, Source(info.width, info.height, info.fps, info.codec),
+                        cfg.segment_seconds, spec.visual_fps, spec.sync_fps, cfg.vision, device.type, cfg.hardware.threads)
 
 
 def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
@@ -139,7 +143,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     env = transport.detect_env(cfg.hardware.device)
     spec = ModelSpec.for_config(cfg.model)
     if cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
-        layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
+        layout = choose_layout(stage_costs(cfg, spec, jobs, env.device), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
         needed = len(expand_layout(cfg.layout.ranks))  # a bad layout is an error even in one process

@@ -7,7 +7,7 @@ this module turns them into a recommended layout and the printed / JSON plan.
 from __future__ import annotations
 
 import re
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 from hydra.core.config_store import ConfigStore
@@ -35,6 +35,15 @@ from foley_dist.planning.estimates import (
     rank_gpu_bytes,
     tile_grid,
 )
+from foley_dist.planning.host import (
+    Source,
+    device_seconds,
+    format_host,
+    host_summary,
+    load_calibration,
+    stage_seconds,
+    vision_host_seconds,
+)
 
 RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080),
                "1440p": (2560, 1440), "2160p": (3840, 2160), "4k": (3840, 2160)}
@@ -57,6 +66,12 @@ class PlanConfig:
     segment_seconds: float = 5.0
     overlap_seconds: float = 1.0
     json: Optional[str] = None  # also write the plan as JSON here
+    # host time (planning/host.py): the source's codec and frame rate (default: the video's, else h264, 25)
+    # and the GPUs' effective TFLOPS for device seconds (default: host_calibration.json's, an estimate)
+    codec: Optional[str] = None
+    fps: Optional[float] = None
+    cuda_tflops: Optional[float] = None
+    host_cores: int = 16  # cores of a vision rank on the GPU node: what vision.workers=0 gives there
     vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -65,13 +80,13 @@ ConfigStore.instance().store(name="plan_schema", node=PlanConfig)
 
 
 def recommend_layout(est: dict[str, StageEstimate], params: dict[str, int], precision: str, gpus: int,
-                     segments: int, budget: int) -> list[str]:
-    """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
+                     segments: int, budget: int, costs: dict[str, float]) -> list[str]:
+    """The fastest layout (autolayout.choose_layout, `costs`: seconds per segment, host time included)
+    whose ranks fit `budget`.
 
     choose_layout adds per-stage memory, which counts a shared DiT twice; so the unconstrained best
     layout is checked exactly first, and only when it does not fit is the (conservative) additive
     constraint used."""
-    costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
     topo = Topology.parse(layout, gpus)
     if all(rank_gpu_bytes(g.stages, est, params, precision) <= budget for g in topo.groups):
@@ -137,6 +152,26 @@ def source(cfg: PlanConfig) -> tuple[int, int, float]:
 # --- the plan -------------------------------------------------------------------------------------------
 
 
+def host_inputs(cfg: PlanConfig, spec: ModelSpec, width: int, height: int, flops: dict[str, float]) -> dict:
+    """Host and device seconds per segment (planning/host.py) for the source's size, rate and codec."""
+    info = probe(cfg.video) if cfg.video is not None else None
+    src = Source(width, height, cfg.fps or (info.fps if info else 25.0), cfg.codec or (info.codec if info else "h264"))
+    cal = load_calibration()
+    if cfg.cuda_tflops is not None:
+        cal = replace(cal, cuda_tflops=cfg.cuda_tflops)
+    host_s = vision_host_seconds(cal, src, cfg.segment_seconds, spec.visual_fps, spec.sync_fps, cfg.vision.preprocess,
+                                 cfg.vision.siglip_resize)
+    device_s = device_seconds(cal, flops, "cuda")
+    workers = cfg.vision.workers or cfg.host_cores
+    note = (f"host seconds: {src.codec} at {src.fps:g} fps, calibrated on {cal.machine} ({cal.measured}; "
+            f"scripts/calibrate_host.py rewrites it)"
+            + ("" if cal.decode_op(src.codec) == f"decode_{src.codec}" else f"; {src.codec} costed as h264")
+            + f"; device seconds at an assumed {cal.cuda_tflops:g} effective TFLOPS (cuda_tflops=...)")
+    return {"host_s": host_s, "device_s": device_s, "workers": workers, "note": note,
+            "costs": stage_seconds(device_s, host_s, workers)}
+
+
+
 def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int) -> str:
     side, grid = spec.visual.image_size, tile_grid(vision, width, height)
     if vision.tiling:
@@ -167,7 +202,8 @@ def make_plan(cfg: PlanConfig) -> dict:
         hint = "precision=bf16, " if precision == "fp32" else ""
         raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs {est[s].gpu_bytes() / 1e9:.1f} GB "
                          f"but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
-    layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget)
+    host = host_inputs(cfg, spec, width, height, {s: float(e.flops) for s, e in est.items()})
+    layout = recommend_layout(est, params, precision, cfg.gpus, segments, budget, host["costs"])
     total_flops = sum(e.flops for e in est.values())
     ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": rank_gpu_bytes(g.stages, est, params, precision),
               "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
@@ -188,6 +224,8 @@ def make_plan(cfg: PlanConfig) -> dict:
         "ranks": ranks,
         "fits": all(r["gpu_bytes"] <= budget for r in ranks),
         "tiling": tiling_advice(spec, cfg.vision, width, height),
+        "host": host_summary(host["device_s"], host["host_s"], host["workers"],
+                             [(g.stages, len(g.ranks)) for g in Topology.parse(layout, cfg.gpus).groups], host["note"]),
         "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
                         "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
                         "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT},
@@ -215,6 +253,7 @@ def format_plan(plan: dict) -> str:
     lines.append(f"fits: {'yes' if plan['fits'] else 'NO'} (largest rank {largest / gb:.2f} GB of "
                  f"{plan['gpu_memory_bytes'] / gb:.1f} GB)")
     lines.append(f"tiling: {plan['tiling']}")
+    lines += format_host(plan["host"])
     return "\n".join(lines)
 
 
