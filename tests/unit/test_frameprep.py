@@ -104,3 +104,26 @@ def test_vision_stage_features_equal_for_any_worker_count(clip):
         for key in ("clip_feat", "sync_feat", "siglip_times", "sync_times"):
             assert torch.equal(a.tensors[key], b.tensors[key]), key
         assert a.meta["latent_frames"] == b.meta["latent_frames"] and b.meta["host_wait_s"] >= 0
+
+
+def test_torch_siglip_resize_keeps_features_within_the_release_bound(tmp_path):
+    """vision.siglip_resize=torch on the release's reference clip and SigLIP2 weights: clip_feat within
+    the release fidelity bound (relative error < 1e-4) of the release's own, as the PIL default is."""
+    import json
+
+    from safetensors.torch import load_file
+
+    from foley_dist.models.release_folder import write_release
+    from foley_dist.models.siglip import VisualEncoder
+    from tests.reference import OFFICIAL
+
+    manifest = OFFICIAL / "release_manifest.json"
+    others = tuple(f["path"] for f in json.loads(manifest.read_text())["files"] if not f["path"].startswith("siglip2/"))
+    write_release(manifest, tmp_path, seed=2718, skip=others)
+    visual = VisualEncoder.from_pretrained_dir(tmp_path / "siglip2").eval()
+    want = load_file(OFFICIAL / "expected.safetensors")["clip_feat"].double()
+    for resize in ("pil", "torch"):
+        frames = FramePrep(Recipe(8, 25, 512, 224, resize), 2).get(str(OFFICIAL / "clip.mp4"), 0.0, 15.0)
+        with torch.inference_mode():
+            got = visual(frames.visual).double()
+        assert ((got - want).norm() / want.norm()).item() < 1e-4, resize
