@@ -125,8 +125,8 @@ def format_host(summary: dict) -> list[str]:
     lines += [f"{s:<10} {v['host_s']:>11.3f} {v['device_s']:>13.3f}" for s, v in summary["stages"].items()]
     lines.append(f"bound by: {'+'.join(b['stages'])} x{b['ranks']} ({b['by']}), {b['period_s']:.3f} s per segment "
                  f"with vision.workers={summary['workers']}")
-    lines.append(f"vision workers (cores) to keep {summary['diffusion_ranks']} diffusion rank(s) busy: "
-                 f"{summary['workers_needed']} ({summary['workers_per_diffusion_gpu']:.1f} per diffusion GPU)")
+    lines.append(f"vision workers (cores, all vision ranks together) to keep {summary['diffusion_ranks']} diffusion "
+                 f"rank(s) busy: {summary['workers_needed']} ({summary['workers_per_diffusion_gpu']:.1f} per diffusion GPU)")
     if summary["note"]:
         lines.append(summary["note"])
     return lines
