@@ -18,9 +18,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from foley_dist.config import VisionConfig
-from foley_dist.media.frameprep import resolve_workers
 
 CALIBRATION = Path(__file__).with_name("host_calibration.json")
+# Cores a vision rank is planned with when vision.workers=0: a GPU node's share per GPU. Not this
+# machine's affinity: every rank must derive the same costs (layout=auto, the p2p programs).
+HOST_CORES = 16
 
 
 @dataclass(frozen=True)
@@ -93,9 +95,9 @@ def workers_for(host_s: float, diffusion_s: float, diffusion_ranks: int) -> int:
 def layout_costs(cal: Calibration, flops: dict[str, float], src: Source, seconds: float, visual_fps: float,
                  sync_fps: float, vision: VisionConfig, device: str, threads: int = 1) -> dict[str, float]:
     """layout=auto's stage costs (seconds per segment): device seconds from FLOPs, vision's host preparation
-    on vision.workers cores (0: the cores this rank may use) when that is longer than its encoding."""
+    on vision.workers cores (0: HOST_CORES, the same on every rank) when that is longer than its encoding."""
     host_s = vision_host_seconds(cal, src, seconds, visual_fps, sync_fps, vision.preprocess, vision.siglip_resize)
-    return stage_seconds(device_seconds(cal, flops, device, threads), host_s, resolve_workers(vision.workers))
+    return stage_seconds(device_seconds(cal, flops, device, threads), host_s, vision.workers or HOST_CORES)
 
 
 def host_summary(device_s: dict[str, float], host_s: float, workers: int, groups: list[tuple[tuple[str, ...], int]],

@@ -36,6 +36,7 @@ from foley_dist.planning.estimates import (
     tile_grid,
 )
 from foley_dist.planning.host import (
+    HOST_CORES,
     Source,
     device_seconds,
     format_host,
@@ -71,7 +72,7 @@ class PlanConfig:
     codec: Optional[str] = None
     fps: Optional[float] = None
     cuda_tflops: Optional[float] = None
-    host_cores: int = 16  # cores of a vision rank on the GPU node: what vision.workers=0 gives there
+    host_cores: int = HOST_CORES  # cores of a vision rank on the GPU node: what vision.workers=0 gives there
     vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
     model: ModelConfig = field(default_factory=ModelConfig)
 

@@ -65,3 +65,5 @@ def test_layout_auto_costs_are_the_plans_figures():
     device = host.device_seconds(cal, flops, "cuda")
     hs = vision_host_seconds(cal, Source(3840, 2160), 5.0, 8, 25)
     assert costs == host.stage_seconds(device, hs, 2)
+    auto = host.layout_costs(cal, flops, Source(3840, 2160), 5.0, 8, 25, config.VisionConfig(), "cuda")
+    assert auto == host.stage_seconds(device, hs, host.HOST_CORES)  # not this machine's cores: ranks agree
