@@ -181,7 +181,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     mine = sum(a.kind == "compute" for a in schedule)
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else ""))
-    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec), env,
+    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec, jobs, env.device), env,
                      cfg.hardware.timeout_s, cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache)
