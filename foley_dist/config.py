@@ -69,6 +69,9 @@ class VisionConfig:
     overlap_ratio: float = 0.2  # fraction of a tile shared with its neighbour
     tile_batch: int = 16  # tiles encoded at once: bounds activation memory
     preprocess: str = "release"  # release (the release's frame choice and transforms) | fast (scale while decoding)
+    # release: threads preparing frames (decode ahead + per-frame RGB and resizes); 0 = the cores this rank may use
+    workers: int = 0
+    siglip_resize: str = "pil"  # release: pil (release-exact) | torch (antialiased bilinear, ~5x cheaper, not bit-exact)
     frame_sampling: str = "fixed"  # fixed | adaptive (lower sync rate on static shots)
     min_sync_fps: float = 15.0  # adaptive sampling never decodes fewer sync frames per second
     cache: str = "auto"  # feature cache folder; auto = $XDG_CACHE_HOME/foley_dist/features (~/.cache/...); "off"

@@ -35,6 +35,7 @@ from foley_dist.models.joint import joined_items, link_neighbours
 from foley_dist.planning.estimates import stage_flops
 from foley_dist.planning.memory_options import MemoryOption
 from foley_dist.planning.plan import run_choice
+from foley_dist.planning.host import Source, layout_costs, load_calibration
 from foley_dist.stages import SEAM_MODES, DiffusionStage, FusionStage, VisionStage
 
 
@@ -136,12 +137,15 @@ class Outcome:
     status: dict[int, dict]
 
 
-def stage_costs(cfg: RunConfig, spec: ModelSpec) -> dict[str, float]:
-    """Per-segment stage costs for layout search: configured seconds, else proportional to FLOPs."""
+def stage_costs(cfg: RunConfig, spec: ModelSpec, jobs: list[Job], device: torch.device) -> dict[str, float]:
+    """Per-segment stage costs for layout search: configured seconds, else estimated seconds as `foley-dist
+    plan` shows them (device seconds from FLOPs, the vision rank's host time for the first video)."""
     if cfg.layout.costs:
         return dict(cfg.layout.costs)
     flops = stage_flops(spec, cfg.segment_seconds, cfg.model.steps, cfg.model.guidance_scale)
-    return {k: v / max(flops.values()) for k, v in flops.items()}
+    info = jobs[0].info
+    return layout_costs(load_calibration(), flops, Source(info.width, info.height, info.fps, info.codec),
+                        cfg.segment_seconds, spec.visual_fps, spec.sync_fps, cfg.vision, device.type, cfg.hardware.threads)
 
 
 def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
@@ -157,7 +161,7 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     if planned is not None:  # layout=auto on a GPU of known size: the planner's choice (foley-dist plan)
         layout = planned
     elif cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
-        layout = choose_layout(stage_costs(cfg, spec), env.world_size, sum(len(j.plan) for j in jobs),
+        layout = choose_layout(stage_costs(cfg, spec, jobs, env.device), env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
         needed = len(expand_layout(cfg.layout.ranks))  # a bad layout is an error even in one process
@@ -198,10 +202,12 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
                   + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
-    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec), env,
+    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec, jobs, env.device), env,
                      cfg.hardware.timeout_s, cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory)
+    if "vision" in names:  # its frame preparation decodes the next segment of this rank's order ahead
+        stages[names.index("vision")].upcoming([items[a.item].meta for a in schedule if a.kind == "compute"])
     links = step_channel(topo, link, env.rank) if link is not None else None
     if links is not None:
         stages[names.index("diffusion")].channel = links
@@ -226,11 +232,26 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
             sink.abort()
         liveness.stop(beat, e)
         raise
+    finally:
+        if "vision" in names:
+            stages[names.index("vision")].close()
     gathered = transport.gather_objects(rec.finish(), topo.sink, env.world_size)
     liveness.stop(beat)
     if not is_sink:
         return None
     return Outcome(build_report(cfg, spec, topo, jobs, gathered, time.time() - start, resumed, sink.status), sink.status)
+
+
+def bound(report: dict, status: dict[int, dict]) -> dict:
+    """Host-bound or device-bound: the busiest rank sets the pace; it is host-bound when it runs the vision
+    stage and that stage waited longer for frame preparation (decode, RGB, resizes not hidden behind
+    encoding) than it spent in its encoders."""
+    wait = sum(s.get("vision", {}).get("host_wait_s", 0.0) for s in status.values())
+    encode = sum(s.get("vision", {}).get("encode_s", 0.0) for s in status.values())
+    busiest = max(report["ranks"], key=lambda r: r["busy_s"])["stages"] if report["ranks"] else []
+    host = "vision" in busiest and wait > encode
+    return {"by": "host" if host else "device", "busiest_rank_stages": list(busiest),
+            "vision_host_wait_s": round(wait, 3), "vision_encode_s": round(encode, 3)}
 
 
 def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job], ranks: list[RankStats], wall_s: float,
@@ -259,6 +280,7 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
                      "precision": cfg.hardware.precision, "weights": cfg.hardware.weights, "offload": cfg.diffusion.offload},
         **summarize(ranks),
     }
+    report["bound"] = bound(report, status)
     segments = sum(len(j.plan) for j in jobs) - resumed
     measured = {k: v / segments for k, v in report["stage_busy_s"].items()} if segments else {}
     if set(measured) == set(STAGES):  # the scheduling model fed with this run's own stage costs

@@ -15,6 +15,7 @@ sink writes them per segment (the reproduction interface, README "Reproducing th
 
 from __future__ import annotations
 
+import time
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -28,11 +29,12 @@ from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
 from foley_dist.media import mediaguard
 from foley_dist.media.cache import FeatureCache, cache_root, feature_key, file_identity
+from foley_dist.media.frameprep import FramePrep, Recipe, resolve_workers
 from foley_dist.media.framesampling import STATIC_THRESHOLD, adaptive_plan, fixed_plan, resample, thumbnails
-from foley_dist.media.preprocess import siglip_frame, sync_frame
+from foley_dist.media.preprocess import SIGLIP_RESIZES
 from foley_dist.media.segments import Segment
 from foley_dist.media.tiling import MAX_TILES, encode_tiled, plan_grid
-from foley_dist.media.video import decode_segment, iter_frames, probe, release_picks, sample_times
+from foley_dist.media.video import decode_segment, iter_frames, probe, sample_times
 from foley_dist.models.checkpoint import load_state_dict
 from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
@@ -62,8 +64,12 @@ class VisionStage(nn.Module):
     (foley_dist.media.tiling), adaptive sync-frame sampling (foley_dist.media.framesampling) and the on-disk
     feature cache (foley_dist.media.cache); `model_id` names the weights in the cache key. Every variant
     yields the same shapes: clip_feat [1, seconds * visual_fps, D], sync_feat [1, 24 * seconds, D].
-    Meta gains `cached`, `sync_frames_saved` (fraction of 25 fps sync frames not decoded) and
-    `frames_skipped` (damaged or missing source frames in the segment, see foley_dist.media.mediaguard).
+    Meta gains `cached`, `sync_frames_saved` (fraction of 25 fps sync frames not decoded),
+    `frames_skipped` (damaged or missing source frames in the segment, see foley_dist.media.mediaguard),
+    and on the release path `host_wait_s` / `encode_s`: seconds this stage waited for the host's frame
+    preparation / spent in the encoders (the run report tells host-bound from device-bound with them).
+    Release-path frames are prepared by `vision.workers` threads (foley_dist.media.frameprep); `upcoming`
+    tells the stage which segments this rank encodes next, so it decodes one ahead.
     """
 
     name = "vision"
@@ -79,17 +85,46 @@ class VisionStage(nn.Module):
         self.settings = {  # everything besides the video and the segment bounds that the features depend on
             "model": model_id, "preprocess": vision.preprocess, "visual": asdict(spec.visual), "sync": asdict(spec.sync), "visual_fps": spec.visual_fps,
             "sync_fps": spec.sync_fps, "decoder": decoder, "device": device.type,
+            **({"siglip_resize": vision.siglip_resize} if vision.siglip_resize != "pil" else {}),
             "tiling": {"tile_size": vision.tile_size, "overlap_ratio": vision.overlap_ratio,
                        "tile_batch": vision.tile_batch, "max_tiles": MAX_TILES} if vision.tiling else None,
             "sampling": {"min_sync_fps": vision.min_sync_fps, "threshold": STATIC_THRESHOLD}
             if vision.frame_sampling == "adaptive" else "fixed",
         }
+        self.prep = FramePrep(Recipe(spec.visual_fps, spec.sync_fps, spec.visual.image_size, spec.sync.image_size,
+                                     vision.siglip_resize), resolve_workers(vision.workers)) \
+            if vision.preprocess == "release" else None
+        self._upcoming: list[dict] = []
+
+    def upcoming(self, metas: list[dict]) -> None:
+        """The work items this rank's vision stage runs, in order: each forward decodes the next one ahead."""
+        self._upcoming = list(metas)
+
+    def close(self) -> None:
+        if self.prep is not None:
+            self.prep.close()
+
+    def _key(self, meta: dict) -> str | None:
+        if not self.cache:
+            return None
+        identity = meta.get("video_id") or file_identity(meta["video"])  # the runtime broadcasts it
+        return feature_key(identity, meta["start"], meta["end"], self.settings)
+
+    def _prefetch_after(self, meta: dict) -> None:
+        """Decode the segment after `meta` in this rank's order, unless the cache already holds it."""
+        spans = [(m["video"], m["start"], m["end"]) for m in self._upcoming]
+        here = (meta["video"], meta["start"], meta["end"])
+        if self.prep is None or here not in spans or spans.index(here) + 1 == len(spans):
+            return
+        nxt = self._upcoming[spans.index(here) + 1]
+        key = self._key(nxt)
+        if key is None or not self.cache.path(key).exists():
+            self.prep.prefetch(nxt["video"], nxt["start"], nxt["end"])
 
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         seg, video = _segment(msg.meta), msg.meta["video"]
-        identity = (msg.meta.get("video_id") or file_identity(video)) if self.cache else None  # runtime broadcasts it
-        key = feature_key(identity, seg.start, seg.end, self.settings) if self.cache else None
+        key = self._key(msg.meta)
         hit = self.cache.get(key) if self.cache else None
         if hit is not None:
             self.cache_hits += 1
@@ -99,10 +134,8 @@ class VisionStage(nn.Module):
                                             "latent_frames": int(meta["latent_frames"]),
                                             "frames_skipped": int(meta.get("frames_skipped", 0))})
         if self.vision.preprocess == "release":
-            before = mediaguard.frames_skipped()
-            tensors, frames = self._release_features(video, seg)
-            meta = {"sync_frames_saved": 0.0, "latent_frames": frames,
-                    "frames_skipped": mediaguard.frames_skipped() - before}
+            self._prefetch_after(msg.meta)
+            tensors, meta = self._release_features(video, seg)
         else:
             tensors, meta = self._fast_features(video, seg)
         if self.cache:
@@ -115,30 +148,28 @@ class VisionStage(nn.Module):
             tensors = {**tensors, **{DUMP + k: v for k, v in tensors.items()}}
         return Message(msg.segment, tensors, {**msg.meta, **meta})
 
-    def _release_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], int]:
-        """The release's frames and transforms (module foley_dist.media.preprocess), one full-size frame at a
-        time; returns the features and the latent length the release derives from the sync frame count."""
-        visual_size, sync_size = self.spec.visual.image_size, self.spec.sync.image_size
-        visual, sync, visual_times, sync_times = [], [], [], []
-        for t, rgb, (n_visual, n_sync) in release_picks(video, seg.start, seg.end,
-                                                         (self.spec.visual_fps, self.spec.sync_fps)):
-            if n_visual:
-                visual += [siglip_frame(rgb, visual_size)] * n_visual
-                visual_times += [t] * n_visual
-            if n_sync:
-                sync += [sync_frame(rgb, sync_size)] * n_sync
-                sync_times += [t] * n_sync
-        if len(sync) < self.spec.sync.window:
-            raise FoleyError(f"{video}: segment [{seg.start}, {seg.end}) s has {len(sync)} frames at "
+    def _release_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], dict]:
+        """The release's frames and transforms (foley_dist.media.preprocess), prepared by `self.prep`; meta
+        carries the latent length the release derives from the sync frame count."""
+        waited = time.perf_counter()
+        frames = self.prep.get(video, seg.start, seg.end)
+        waited = time.perf_counter() - waited
+        if len(frames.sync) < self.spec.sync.window:
+            raise FoleyError(f"{video}: segment [{seg.start}, {seg.end}) s has {len(frames.sync)} frames at "
                              f"{self.spec.sync_fps:g} fps, fewer than one {self.spec.sync.window}-frame Synchformer "
                              "window; the video (or its last segment) is too short")
-        clip_feat = self.visual(torch.stack(visual).to(self.device))
+        encode = time.perf_counter()
+        clip_feat = self.visual(frames.visual.to(self.device))
         with torch.autocast(self.device.type, self.sync_autocast or torch.float32, enabled=self.sync_autocast is not None):
-            sync_feat = self.sync(torch.stack(sync).to(self.device), pad_tail=False).float()
+            sync_feat = self.sync(frames.sync.to(self.device), pad_tail=False).float()
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)  # encode_s: the encoders' time, not their launch
         tensors = {"clip_feat": clip_feat, "sync_feat": sync_feat,
-                   "siglip_times": torch.tensor(visual_times, dtype=torch.float64),
-                   "sync_times": torch.tensor(sync_times, dtype=torch.float64)}
-        return tensors, latent_frames(len(sync), self.spec.sync_fps, self.spec.latent_rate)
+                   "siglip_times": torch.tensor(frames.visual_times, dtype=torch.float64),
+                   "sync_times": torch.tensor(frames.sync_times, dtype=torch.float64)}
+        return tensors, {"sync_frames_saved": 0.0, "frames_skipped": frames.frames_skipped,
+                         "latent_frames": latent_frames(len(frames.sync), self.spec.sync_fps, self.spec.latent_rate),
+                         "host_wait_s": round(waited, 4), "encode_s": round(time.perf_counter() - encode, 4)}
 
     def _fast_features(self, video: str, seg: Segment) -> tuple[dict[str, torch.Tensor], dict]:
         """Frames scaled while decoding, at k / fps from the segment start (vision.preprocess=fast)."""
@@ -193,6 +224,10 @@ def _check_vision(v: VisionConfig) -> None:
     elif v.preprocess == "release" and (v.tiling or v.frame_sampling != "fixed"):
         problems.append("vision.tiling and vision.frame_sampling=adaptive work on frames scaled while decoding: "
                         "add vision.preprocess=fast")
+    if v.workers < 0:
+        problems.append(f"vision.workers={v.workers} must be >= 0 (0 = the cores this rank may use)")
+    if v.siglip_resize not in SIGLIP_RESIZES:
+        problems.append(f"vision.siglip_resize={v.siglip_resize!r} must be 'pil' (release-exact) or 'torch'")
     if v.frame_sampling not in ("fixed", "adaptive"):
         problems.append(f"vision.frame_sampling={v.frame_sampling!r} must be 'fixed' or 'adaptive'")
     if not v.min_sync_fps > 0:

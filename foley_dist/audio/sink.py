@@ -117,8 +117,11 @@ class Sink:
             self.fail(j, msg.meta["error"])
             return
         job = self.jobs[j]
-        stats = self._vision.setdefault(j, {"cached_segments": 0, "frames_skipped": 0, "sync_frames_saved": []})
+        stats = self._vision.setdefault(j, {"cached_segments": 0, "frames_skipped": 0, "sync_frames_saved": [],
+                                             "host_wait_s": 0.0, "encode_s": 0.0})
         stats["cached_segments"] += int(bool(msg.meta.get("cached")))
+        for k in ("host_wait_s", "encode_s"):  # release path: frame preparation vs encoders (report's `bound`)
+            stats[k] += float(msg.meta.get(k, 0.0))
         stats["frames_skipped"] += int(msg.meta.get("frames_skipped", 0))
         stats["sync_frames_saved"].append(float(msg.meta.get("sync_frames_saved", 0.0)))
         if self.dump is not None:
@@ -179,7 +182,8 @@ class Sink:
                 saved = self._vision[j]["sync_frames_saved"]
                 entry["vision"] = {"cached_segments": self._vision[j]["cached_segments"],
                                    "frames_skipped": self._vision[j]["frames_skipped"],
-                                   "sync_frames_saved": round(sum(saved) / len(saved), 4)}
+                                   "sync_frames_saved": round(sum(saved) / len(saved), 4),
+                                   **{k: round(self._vision[j][k], 4) for k in ("host_wait_s", "encode_s")}}
             if self.measure_seams and len(job.plan) > 1:
                 entry["seams"] = measure_seams(job, self.sample_rate)
             if job.mux_output:

@@ -5,8 +5,9 @@ FFmpeg's own command line keeps going past such damage: a packet the decoder rej
 decoding resumes at the next one it accepts. `decode` does the same over a PyAV container and counts
 the frames that went missing, from gaps in the presentation timestamps (each frame is expected
 `duration` after the previous one), so a rejected packet, a frame the decoder dropped waiting for a
-keyframe and a cluster the demuxer skipped all count alike. The count is per process
-(`frames_skipped`); the vision stage reads it around each segment and the run report sums it.
+keyframe and a cluster the demuxer skipped all count alike. The count is per thread
+(`frames_skipped`), so segments decoded side by side on frame-preparation threads keep their own
+counts; the vision stage reads it around each segment and the run report sums it.
 
 `media_errors` turns whatever a decoder library raises (PyAV's FFmpegError, decord's DECORDError or
 RuntimeError) into a one-line `FoleyError`, and `check_window` fails a segment that has no decodable
@@ -17,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import threading
 from typing import Iterator
 
 import av
@@ -28,17 +30,16 @@ RECENT = 8  # steps between decoded frames that set the expected step
 TIME_TOLERANCE = 1e-3  # s, as in video.py: timestamp rounding
 
 log = logging.getLogger(__name__)
-_skipped = 0
+_counts = threading.local()
 
 
 def frames_skipped() -> int:
-    """Frames this process found missing or undecodable so far (read it before and after a decode)."""
-    return _skipped
+    """Frames this thread found missing or undecodable so far (read it before and after a decode)."""
+    return getattr(_counts, "skipped", 0)
 
 
 def _count(n: int) -> None:
-    global _skipped
-    _skipped += n
+    _counts.skipped = frames_skipped() + n
 
 
 def frame_span(frame: av.VideoFrame, stream: av.video.stream.VideoStream) -> tuple[float, float]:

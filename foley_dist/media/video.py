@@ -310,18 +310,18 @@ def _absolute_frames(
     yield from frames
 
 
-def release_picks(
-    path: str | os.PathLike, start: float, end: float, rates: Sequence[float]
-) -> Iterator[tuple[float, np.ndarray, tuple[int, ...]]]:
+def release_frames(
+    path: str | os.PathLike, start: float, end: float, rates: Sequence[float], stop: Callable[[], bool] = lambda: False
+) -> Iterator[tuple[float, av.VideoFrame, tuple[int, ...]]]:
     """The release's frame choice (`get_frames_av`) for several rates in one decoding pass.
 
     Per rate a target time starts at `start` and is advanced by `+= 1 / rate` in float64 (accumulated,
     so it drifts from k / rate); every decoded frame with time t (absolute stream seconds; t < 0
     skipped) is taken while t >= target, possibly several times. Frames at or after `end` stop the
-    search (the release stops after 15 s; a one-pass clip ends before that). Yields (t, full-size RGB
-    uint8 [H, W, 3] as `frame.to_ndarray(format="rgb24")` gives it, picks per rate) for each frame
-    taken at least once: one full-size frame exists at a time. Display rotation is not applied (the
-    release does not apply it)."""
+    search (the release stops after 15 s; a one-pass clip ends before that). Yields (t, decoded frame,
+    picks per rate) for each frame taken at least once, still in the decoder's format, so the caller
+    decides where (which thread) the full-size RGB conversion runs; `stop()` true ends the decoding
+    early (a closing vision stage). Display rotation is not applied (the release does not apply it)."""
     path = _check_file(path)
     steps = [1 / r for r in rates]
     targets = [float(start)] * len(rates)
@@ -332,7 +332,7 @@ def release_picks(
         for t, frame in mediaguard.check_window(_absolute_frames(container, stream, start), start, end, path, stream):
             if t < 0:
                 continue
-            if t >= end:
+            if t >= end or stop():
                 return
             counts = []
             for k, step in enumerate(steps):
@@ -342,7 +342,20 @@ def release_picks(
                     n += 1
                 counts.append(n)
             if any(counts):
-                yield t, frame.to_ndarray(format="rgb24"), tuple(counts)
+                yield t, frame, tuple(counts)
+
+
+def rgb24(frame: av.VideoFrame) -> np.ndarray:
+    """Full-size RGB uint8 [H, W, 3], exactly as the release converts (`frame.to_ndarray(format="rgb24")`)."""
+    return frame.to_ndarray(format="rgb24")
+
+
+def release_picks(
+    path: str | os.PathLike, start: float, end: float, rates: Sequence[float]
+) -> Iterator[tuple[float, np.ndarray, tuple[int, ...]]]:
+    """`release_frames` with each frame as full-size RGB (`rgb24`): one full-size frame exists at a time."""
+    for t, frame, counts in release_frames(path, start, end, rates):
+        yield t, rgb24(frame), counts
 
 
 def iter_frames(path: str | os.PathLike, times: Sequence[float], size: tuple[int, int], mode: Mode = "resize") -> Iterator[torch.Tensor]:

@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Optional
 
 import torch
@@ -42,6 +42,16 @@ from foley_dist.planning.estimates import (
     tile_grid,
 )
 from foley_dist.planning.memory_options import MemoryOption, candidates, dit_memory, rank_bytes, relative_time, with_option
+from foley_dist.planning.host import (
+    HOST_CORES,
+    Source,
+    device_seconds,
+    format_host,
+    host_summary,
+    load_calibration,
+    stage_seconds,
+    vision_host_seconds,
+)
 
 RESOLUTIONS = {"360p": (640, 360), "480p": (854, 480), "720p": (1280, 720), "1080p": (1920, 1080),
                "1440p": (2560, 1440), "2160p": (3840, 2160), "4k": (3840, 2160)}
@@ -66,6 +76,12 @@ class PlanConfig:
     json: Optional[str] = None  # also write the plan as JSON here
     weights: str = "auto"  # DiT block weights: auto (plan picks) | full | fp8 (as hardware.weights)
     offload: str = "auto"  # auto (plan picks) | none | blocks (as diffusion.offload)
+    # host time (planning/host.py): the source's codec and frame rate (default: the video's, else h264, 25)
+    # and the GPUs' effective TFLOPS for device seconds (default: host_calibration.json's, an estimate)
+    codec: Optional[str] = None
+    fps: Optional[float] = None
+    cuda_tflops: Optional[float] = None
+    host_cores: int = HOST_CORES  # cores of a vision rank on the GPU node: what vision.workers=0 gives there
     vision: VisionConfig = field(default_factory=VisionConfig)  # vision.tiling=true plans tiled encoding
     model: ModelConfig = field(default_factory=ModelConfig)
 
@@ -92,13 +108,13 @@ def group_gpu_bytes(topo: Topology, rank_bytes: Callable[[tuple[str, ...]], int]
 
 
 def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...]], int], precision: str, gpus: int,
-                     segments: int, budget: int) -> list[str]:
-    """The fastest layout (autolayout.choose_layout, stage costs = FLOPs) whose ranks fit `budget`.
+                     segments: int, budget: int, costs: dict[str, float]) -> list[str]:
+    """The fastest layout (autolayout.choose_layout, `costs`: seconds per segment, host time included)
+    whose ranks fit `budget` (`rank_bytes`: a rank's GPU bytes under the memory option).
 
     choose_layout adds per-stage memory, which counts a shared DiT twice; so the unconstrained best
     layout is checked exactly first, and only when it does not fit is the (conservative) additive
     constraint used."""
-    costs = {s: float(e.flops) for s, e in est.items()}
     layout = choose_layout(costs, gpus, segments)
     if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), rank_bytes, segments)):
         return layout
@@ -163,6 +179,26 @@ def source(cfg: PlanConfig) -> tuple[int, int, float]:
 # --- the plan -------------------------------------------------------------------------------------------
 
 
+def host_inputs(cfg: PlanConfig, spec: ModelSpec, width: int, height: int, flops: dict[str, float]) -> dict:
+    """Host and device seconds per segment (planning/host.py) for the source's size, rate and codec."""
+    info = probe(cfg.video) if cfg.video is not None else None
+    src = Source(width, height, cfg.fps or (info.fps if info else 25.0), cfg.codec or (info.codec if info else "h264"))
+    cal = load_calibration()
+    if cfg.cuda_tflops is not None:
+        cal = replace(cal, cuda_tflops=cfg.cuda_tflops)
+    host_s = vision_host_seconds(cal, src, cfg.segment_seconds, spec.visual_fps, spec.sync_fps, cfg.vision.preprocess,
+                                 cfg.vision.siglip_resize)
+    device_s = device_seconds(cal, flops, "cuda")
+    workers = cfg.vision.workers or cfg.host_cores
+    note = (f"host seconds: {src.codec} at {src.fps:g} fps, calibrated on {cal.machine} ({cal.measured}; "
+            f"scripts/calibrate_host.py rewrites it)"
+            + ("" if cal.decode_op(src.codec) == f"decode_{src.codec}" else f"; {src.codec} costed as h264")
+            + f"; device seconds at an assumed {cal.cuda_tflops:g} effective TFLOPS (cuda_tflops=...)")
+    return {"host_s": host_s, "device_s": device_s, "workers": workers, "note": note,
+            "costs": stage_seconds(device_s, host_s, workers)}
+
+
+
 def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int) -> str:
     side, grid = spec.visual.image_size, tile_grid(vision, width, height)
     if vision.tiling:
@@ -170,8 +206,8 @@ def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int
                 f"+ the whole frame = {grid.images_per_frame}x the SigLIP work")
     if not grid.boxes:
         return f"off: {width}x{height} fits in one {vision.tile_size} px tile; tiling would add nothing"
-    return (f"off (default): the decoder scales {width}x{height} straight to {side}x{side} and no full-size frame "
-            f"exists; vision.tiling=true adds {len(grid.boxes)} tiles per frame for small details, at "
+    return (f"off (default): each frame is scaled from {width}x{height} to {side}x{side} (release-exact: one full-size "
+            f"frame per vision worker at a time; vision.preprocess=fast decodes straight to that size); vision.tiling=true adds {len(grid.boxes)} tiles per frame for small details, at "
             f"{grid.images_per_frame}x the SigLIP work")
 
 
@@ -190,7 +226,7 @@ class OptionPlan:
 
     @classmethod
     def make(cls, spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
-             cfg: PlanConfig, segments: int, budget: int, option: MemoryOption) -> "OptionPlan":
+             cfg: PlanConfig, segments: int, budget: int, option: MemoryOption, costs: dict[str, float]) -> "OptionPlan":
         est = with_option(est, spec, precision, option)
         plan = cls(option, spec, est, params, precision, cfg.segment_seconds, None, None)
         too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
@@ -201,7 +237,7 @@ class OptionPlan:
                 raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs "
                                  f"{est[s].gpu_bytes() / 1e9:.1f} GB but gpu_memory={cfg.gpu_memory}; use {hint}GPUs "
                                  "with more memory or a smaller model")
-            plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget)
+            plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget, costs)
         except DoesNotFit as e:
             plan.error = e
         return plan
@@ -228,14 +264,15 @@ class OptionPlan:
 
 
 def smallest_fit(spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
-                 cfg: PlanConfig, segments: int, options: list[OptionPlan]) -> tuple[int, MemoryOption]:
+                 cfg: PlanConfig, segments: int, options: list[OptionPlan], costs: dict[str, float]
+                 ) -> tuple[int, MemoryOption]:
     """The least memory per GPU (to 0.1 GB) with which one of `options` fits cfg.gpus GPUs, and that option."""
     best = None
     for o in options:
         lo, hi = 0, int(1e13)
         while hi - lo > 1e8:  # fitting is monotone in the budget
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if OptionPlan.make(spec, est, params, precision, cfg, segments, mid, o.option).fits else (mid, hi)
+            lo, hi = (lo, mid) if OptionPlan.make(spec, est, params, precision, cfg, segments, mid, o.option, costs).fits else (mid, hi)
         if best is None or hi < best[0]:
             best = (hi, o.option)
     return best
@@ -253,13 +290,14 @@ def make_plan(cfg: PlanConfig) -> dict:
     params = part_params(spec)
     est = estimate_stages(spec, precision, cfg.segment_seconds, width, height, cfg.model.steps, cfg.model.guidance_scale,
                           cfg.vision, params)
-    options = [OptionPlan.make(spec, est, params, precision, cfg, segments, budget, o)
+    host = host_inputs(cfg, spec, width, height, {s: float(e.flops) for s, e in est.items()})
+    options = [OptionPlan.make(spec, est, params, precision, cfg, segments, budget, o, host["costs"])
                for o in candidates(cfg.weights, cfg.offload)]
     fitting = [o for o in options if o.fits]
     if not fitting:
         if len(options) == 1:  # the option was fixed: its own reason
             raise options[0].error
-        need, option = smallest_fit(spec, est, params, precision, cfg, segments, options)
+        need, option = smallest_fit(spec, est, params, precision, cfg, segments, options, host["costs"])
         raise DoesNotFit(f"model={spec.name} precision={precision}: no memory option fits {cfg.gpus} GPU(s) of "
                          f"{cfg.gpu_memory}; the smallest that fits is {cfg.gpus} GPU(s) of {math.ceil(need / 1e8) / 10:.1f} GB "
                          f"with {option.name} (weights={'fp8' if option.fp8 else 'full'} "
@@ -290,6 +328,8 @@ def make_plan(cfg: PlanConfig) -> dict:
         "ranks": ranks,
         "fits": all(r["gpu_bytes"] <= budget for r in ranks),
         "tiling": tiling_advice(spec, cfg.vision, width, height),
+        "host": host_summary(host["device_s"], host["host_s"], host["workers"],
+                             [(g.stages, len(g.ranks)) for g in Topology.parse(layout, cfg.gpus).groups], host["note"]),
         "calibration": {"framework_rss": FRAMEWORK_RSS, "runtime_overhead": RUNTIME_OVERHEAD,
                         "activation_factor": ACTIVATION_FACTOR, "decoder_base": DECODER_BASE,
                         "decoder_frames": DECODER_FRAMES, "cuda_context": CUDA_CONTEXT, "nccl_peer_bytes": NCCL_PEER_BYTES},
@@ -325,6 +365,7 @@ def format_plan(plan: dict) -> str:
     lines.append(f"fits: {'yes' if plan['fits'] else 'NO'} (largest rank {largest / gb:.2f} GB of "
                  f"{plan['gpu_memory_bytes'] / gb:.1f} GB)")
     lines.append(f"tiling: {plan['tiling']}")
+    lines += format_host(plan["host"])
     return "\n".join(lines)
 
 

@@ -17,7 +17,7 @@ from foley_dist import stages
 from foley_dist.config import ModelConfig, VisionConfig
 from foley_dist.engine.message import Message
 from foley_dist.errors import FoleyError
-from foley_dist.media import testclip
+from foley_dist.media import frameprep, testclip
 from foley_dist.models.foley import ModelSpec, build_parts
 from foley_dist.stages import VisionStage
 
@@ -147,7 +147,7 @@ def test_cache_hit_skips_decode_and_encoders_and_is_exact(parts, clips, run, tmp
 
     monkeypatch.setattr(stages, "decode_segment", no_decode)
     monkeypatch.setattr(stages, "iter_frames", no_decode)
-    monkeypatch.setattr(stages, "release_picks", no_decode)
+    monkeypatch.setattr(frameprep, "release_frames", no_decode)
     again = _stage(counted, cache=str(tmp_path), **vision)  # a fresh stage (another run) reads it back
     hit = again(_msg(clips["moving"]))
     assert (again.cache_hits, again.cache_misses, hit.meta["cached"]) == (1, 0, True)
