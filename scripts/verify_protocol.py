@@ -10,26 +10,13 @@ row per world size and writes JSON.
 from __future__ import annotations
 
 import argparse
-import itertools
 import time
 
 import benchio
+from foley_dist.engine.autolayout import every_topology
 from foley_dist.engine.protocol import ItemPlan, build_programs, code_events, verify
-from foley_dist.engine.schedule import Topology
 
 COSTS = {"vision": 1.0, "fusion": 0.2, "diffusion": 5.0}
-PARTS = [("vision", "fusion", "diffusion"), ("vision+fusion", "diffusion"), ("vision", "fusion+diffusion"),
-         ("vision+fusion+diffusion",)]
-
-
-def layouts(world: int):
-    for part in PARTS:
-        for counts in itertools.product(range(1, world + 1), repeat=len(part)):
-            if sum(counts) == world:
-                layout = [p if k == 1 else f"{p} x{k}" for p, k in zip(part, counts)]
-                yield layout, False
-                if part[-1] == "diffusion" and counts[-1] % 2 == 0:
-                    yield layout, True
 
 
 def main() -> None:
@@ -42,9 +29,9 @@ def main() -> None:
     rows = []
     for world in range(1, args.max_world + 1):
         start, cases, ops, found = time.perf_counter(), 0, 0, 0
-        for layout, cfg in layouts(world):
+        for topo in every_topology(world):
             found += 1
-            topo = Topology.parse(layout, world, cfg)
+            cfg = bool(topo.groups[-1].partners)
             for n in range(1, args.segments + 1):
                 for seam in ("joint", "crossfade"):
                     items = [ItemPlan(args.steps, seam == "joint" and i > 0, cfg) for i in range(n)]

@@ -146,6 +146,18 @@ def candidate_layouts(world_size: int, memory: dict[str, float] | None = None,
             for reps in compositions(world_size, len(groups))]
 
 
+def every_topology(world_size: int) -> list[Topology]:
+    """Every layout of `world_size` ranks, and with CFG pairs wherever its last group allows them (the
+    protocol verifier's sweep)."""
+    out = []
+    for layout in candidate_layouts(world_size):
+        out.append(Topology.parse(layout, world_size))
+        last = layout[-1].split(" x")
+        if last[0] == "diffusion" and len(last) == 2 and int(last[1]) % 2 == 0:
+            out.append(Topology.parse(layout, world_size, cfg_parallel=True))
+    return out
+
+
 def choose_layout(stage_costs: dict[str, float], world_size: int, num_items: int,
                   memory: dict[str, float] | None = None, capacity: float | None = None,
                   comm_s: float = 0.0, max_inflight: int | None = 2) -> list[str]:

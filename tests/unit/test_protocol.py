@@ -5,8 +5,6 @@ item's start, a CFG swap as receive-then-send, end-of-stream to every peer, no s
 
 from __future__ import annotations
 
-import itertools
-
 import pytest
 
 from foley_dist.engine.protocol import (
@@ -20,30 +18,15 @@ from foley_dist.engine.protocol import (
     step_group,
     verify,
 )
+from foley_dist.engine.autolayout import every_topology
 from foley_dist.engine.schedule import Topology
 from foley_dist.errors import FoleyError
 
 COSTS = {"vision": 1.0, "fusion": 0.2, "diffusion": 5.0}
-PARTS = [("vision", "fusion", "diffusion"), ("vision+fusion", "diffusion"), ("vision", "fusion+diffusion"),
-         ("vision+fusion+diffusion",)]
 
 
-def layouts(world: int):
-    """Every layout of `world` ranks: each way to group the stages, each replica count per group, and
-    CFG pairs wherever the last group is diffusion alone with an even count. (A multi-node run maps
-    the same rank list onto hosts: the protocol depends on ranks only.)"""
-    for part in PARTS:
-        for counts in itertools.product(range(1, world + 1), repeat=len(part)):
-            if sum(counts) == world:
-                layout = [p if k == 1 else f"{p} x{k}" for p, k in zip(part, counts)]
-                yield layout, False
-                if part[-1] == "diffusion" and counts[-1] % 2 == 0:
-                    yield layout, True
-
-
-def job(layout, world, cfg, n, seam, steps=2) -> tuple[dict, dict]:
-    topo = Topology.parse(layout, world, cfg)
-    items = [ItemPlan(steps, seam == "joint" and i > 0, cfg) for i in range(n)]
+def job(topo: Topology, n: int, seam: str, steps: int = 2) -> tuple[dict, dict]:
+    items = [ItemPlan(steps, seam == "joint" and i > 0, bool(topo.groups[-1].partners)) for i in range(n)]
     events = code_events(topo, items, COSTS)
     return events, build_programs(events)
 
@@ -53,16 +36,15 @@ SEGMENTS = (1, 2, 3, 4, 5, 6, 8, 11, 16, 23, 30)
 
 @pytest.mark.parametrize("world", range(1, 17))
 def test_every_layout_completes_under_nccl_rules(world):
-    """Every layout of `world` ranks x segment counts x both seam modes (scripts/verify_protocol.py
-    sweeps every count 1..30 and prints the coverage table)."""
-    cases = 0
-    for layout, cfg in layouts(world):
+    """Every layout of `world` ranks (each grouping of the stages, each replica count, CFG pairs where
+    the last group allows them; a multi-node run maps the same rank list onto hosts) x segment counts x
+    both seam modes (scripts/verify_protocol.py sweeps every count 1..30 and prints the coverage table)."""
+    topologies = every_topology(world)
+    assert topologies
+    for topo in topologies:
         for n in (range(1, 31) if world <= 4 else SEGMENTS):
             for seam in ("joint", "crossfade"):
-                events, programs = job(layout, world, cfg, n, seam)
-                verify(events, programs)
-                cases += 1
-    assert cases > 0
+                verify(*job(topo, n, seam))
 
 
 @pytest.mark.parametrize("layout,world,cfg,n", [
@@ -71,12 +53,12 @@ def test_every_layout_completes_under_nccl_rules(world):
     (["vision+fusion+diffusion x6"], 6, False, 13),
 ])
 def test_real_step_counts_complete(layout, world, cfg, n):
-    events, programs = job(layout, world, cfg, n, "joint", steps=50)
+    events, programs = job(Topology.parse(layout, world, cfg), n, "joint", steps=50)
     assert verify(events, programs).ops == sum(len(p) for p in programs.values()) // 2
 
 
 def test_programs_post_in_key_order_and_both_ends_share_each_key():
-    events, programs = job(["vision", "fusion", "diffusion x4"], 6, True, 9, "joint", steps=5)
+    events, programs = job(Topology.parse(["vision", "fusion", "diffusion x4"], 6, True), 9, "joint", steps=5)
     ends: dict[int, list[tuple[int, Op]]] = {}
     for r, ops in programs.items():
         assert [o.key for o in ops] == sorted(o.key for o in ops)
@@ -101,7 +83,7 @@ def test_a_crossing_exchange_is_caught():
 
 
 def test_check_job_refuses_a_program_that_disagrees_with_the_code():
-    events, programs = job(["vision+fusion", "diffusion x2"], 3, True, 2, "joint")
+    events, programs = job(Topology.parse(["vision+fusion", "diffusion x2"], 3, True), 2, "joint")
     programs[1] = programs[1][1:] + programs[1][:1]
     with pytest.raises(ProtocolDeadlock):
         verify(events, programs)
