@@ -133,7 +133,7 @@ def _synthetic_rank(*args) -> synthetic.RankResult:
 def run_foley(layout: list[str], world: int, costs: dict[str, float], m: int, part: int,
               seq_s: float | None, note: str = "") -> Run:
     topo, prog = _program(layout, world, m)
-    res = launch(_synthetic_rank, world, layout, costs, m, None, 2, 120.0, prog)
+    res = launch(_synthetic_rank, world, layout, costs, m)
     received = res[topo.sink].received
     if received != [(n, synthetic.expected_audio_value(n), True) for n in range(m)]:
         raise RuntimeError(f"{layout}: sink received wrong items: {received}")
