@@ -158,10 +158,11 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[autocast_dtype(cfg.hardware.precision, env.device)]
     memory, planned = run_choice(cfg, env.world_size, env.device, precision,
                                  [(j.info.width, j.info.height, j.info.duration) for j in jobs])
+    costs = stage_costs(cfg, spec, jobs, env.device)  # layout=auto and the protocol's key order use the same
     if planned is not None:  # layout=auto on a GPU of known size: the planner's choice (foley-dist plan)
         layout = planned
     elif cfg.layout.ranks == ["auto"]:  # every rank searches the same way, so all agree
-        layout = choose_layout(stage_costs(cfg, spec, jobs, env.device), env.world_size, sum(len(j.plan) for j in jobs),
+        layout = choose_layout(costs, env.world_size, sum(len(j.plan) for j in jobs),
                                cfg.layout.memory_gb or None, cfg.layout.capacity_gb, max_inflight=cfg.hardware.max_inflight)
     else:
         needed = len(expand_layout(cfg.layout.ranks))  # a bad layout is an error even in one process
@@ -202,8 +203,8 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
                   + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
-    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), stage_costs(cfg, spec, jobs, env.device), env,
-                     cfg.hardware.timeout_s, cfg.hardware.max_inflight)
+    link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), costs, env, cfg.hardware.timeout_s,
+                     cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
         stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory)
     if "vision" in names:  # its frame preparation decodes the next segment of this rank's order ahead

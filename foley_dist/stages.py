@@ -342,12 +342,8 @@ class DiffusionStage(nn.Module):
 
         if "error" in msg.meta:
             return self._relay(msg, span, noise, steps, parallel)
-        exchange, head, tails = None, 0, []
-        if self.seam == "joint":
-            prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
-            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span,
-                                                 self.latent_span(*prev) if prev else None,
-                                                 self.latent_span(*nxt) if nxt else None, tails)
+        tails: list[torch.Tensor] = []
+        exchange, head = self._overlaps(msg, span, tails)
         self.channel.open(msg.segment, steps, (1, channels, head) if head else None,
                           (1, channels, span[1]) if parallel else None)
         if use_cfg and (self.cfg_split or parallel):
@@ -366,18 +362,22 @@ class DiffusionStage(nn.Module):
             out.update({DUMP + "noise": noise, DUMP + "latents": latents, DUMP + "audio": audio[None]})
         return Message(msg.segment, out, msg.meta)
 
+    def _overlaps(self, msg: Message, span: tuple[int, int], kept: list[torch.Tensor] | None = None):
+        """seam=joint: the per-step overlap exchange with the neighbouring segments and the head's frame
+        count (see models/joint.overlap_exchange); (None, 0) otherwise."""
+        if self.seam != "joint":
+            return None, 0
+        prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
+        exchange, head, _ = overlap_exchange(self.channel, msg.segment, span, self.latent_span(*prev) if prev else None,
+                                             self.latent_span(*nxt) if nxt else None, kept)
+        return exchange, head
+
     def _relay(self, msg: Message, span: tuple[int, int], noise: torch.Tensor, steps: int, parallel: bool) -> Message:
         """An item that failed upstream (its job has failed): still make every per-step exchange of the
         protocol — take the previous segment's tails and hand on this one's (its noise), swap dummy
         velocities with a CFG partner — so no peer waits for messages that would not come; the next
         segments of the job finish as garbage the sink drops."""
-        exchange = None
-        head = 0
-        if self.seam == "joint":
-            prev, nxt = msg.meta.get("joint_prev"), msg.meta.get("joint_next")
-            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span,
-                                                 self.latent_span(*prev) if prev else None,
-                                                 self.latent_span(*nxt) if nxt else None)
+        exchange, head = self._overlaps(msg, span)
         if exchange is None and not parallel:
             return msg
         self.channel.open(msg.segment, steps, (1, noise.shape[1], head) if head else None, noise.shape if parallel else None)

@@ -354,38 +354,39 @@ class Link:
                     self._stream.contact(name, [op.peer])
             except strict.StrictDeadlock as e:
                 raise PeerTimeout(str(e)) from e
-            self._posted[pos] = self._stream.submit(start, f"{op} (key {op.key})")
-            return
-        try:
-            self._posted[pos] = start()
-        except RuntimeError as e:  # a connection the peer already closed
-            raise PeerTimeout(f"rank {op.peer} failed during {op}: {str(e).splitlines()[0]}") from e
+        self._posted[pos] = self._start(start, op.peer, f"{op} (key {op.key})")
 
     def _wait(self, pos: int) -> None:
-        op, handle = self.program[pos], self._posted.pop(pos)
-        if self._stream is None:
-            for work in handle:
-                wait_for(work, op.peer, str(op), self.timeout)
-        else:
-            try:
-                self._stream.wait(handle, self.timeout)
-            except strict.StrictDeadlock as e:
-                raise PeerTimeout(str(e)) from e
-            except RuntimeError as e:
-                raise PeerTimeout(f"rank {op.peer} failed during {op}: {str(e).splitlines()[0]}") from e
+        op = self.program[pos]
+        self._complete(self._posted.pop(pos), op.peer, str(op))
         if op.kind != "send":  # sends before a completed receive were taken (so under NCCL's order): free them
             while self._unwaited and self._unwaited[0] < pos:
                 self._wait(self._unwaited.popleft())
 
     def _sync(self, start: Callable[[], list], peer: int, what: str) -> None:
+        self._complete(self._start(start, peer, what), peer, what)
+
+    def _start(self, start: Callable[[], list], peer: int, what: str) -> object:
+        """Post `start`'s works now, or queue them on the strict stream; returns what `_complete` waits on."""
+        if self._stream is not None:
+            return self._stream.submit(start, what)
+        try:
+            return start()
+        except RuntimeError as e:  # a connection the peer already closed
+            raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
+
+    def _complete(self, handle, peer: int, what: str) -> None:
+        """Wait for posted works (or a strict stream entry); a dead, silent or deadlocked peer is PeerTimeout."""
         if self._stream is None:
-            for work in start():
+            for work in handle:
                 wait_for(work, peer, what, self.timeout)
             return
         try:
-            self._stream.wait(self._stream.submit(start, what), self.timeout)
+            self._stream.wait(handle, self.timeout)
         except strict.StrictDeadlock as e:
             raise PeerTimeout(str(e)) from e
+        except RuntimeError as e:
+            raise PeerTimeout(f"rank {peer} failed during {what}: {str(e).splitlines()[0]}") from e
 
     def _bound(self) -> None:
         """Back-pressure: at most `max_inflight` stage sends and `step_window` per-step sends posted
