@@ -1,10 +1,12 @@
 """Rank/stage topology and the static schedule every rank executes.
 
 A layout is data: one entry per rank naming the stages it hosts (`vision+fusion`), with `x k` to
-replicate an entry over k ranks (`diffusion x3`). Consecutive ranks hosting the same stages form a
-replica group; segment n is handled by replica n % k of each group, so every rank can derive the
-whole schedule — who sends what to whom, in which order — without talking to the others. The sink
-(stitching and writing) lives on the last rank. Everything here is plain data, testable without a
+replicate an entry over k ranks (`diffusion x3`). `diffusion/n` splits the DiT's blocks over n ranks
+(one split pipeline; `diffusion/n xk`: k of them). Consecutive ranks hosting the same stages form a
+replica group; segment n is handled by replica n % k of each group (a split group hands its
+pipelines windows of n consecutive segments, which they sample interleaved), so every rank can
+derive the whole schedule — who sends what to whom, in which order — without talking to the
+others. The sink (stitching and writing) lives on the last rank. Everything here is plain data, testable without a
 process group, and printable as a rank-by-step grid.
 """
 
@@ -17,7 +19,7 @@ from typing import Sequence
 from foley_dist.errors import FoleyError
 
 STAGES = ("vision", "fusion", "diffusion")
-_ENTRY = re.compile(r"([a-z]+(?:\+[a-z]+)*)(?:x(\d+))?")
+_ENTRY = re.compile(r"([a-z]+(?:\+[a-z]+)*)(?:/(\d+))?(?:x(\d+))?")
 
 
 @dataclass(frozen=True)
@@ -27,9 +29,25 @@ class Group:
     stages: tuple[str, ...]
     ranks: tuple[int, ...]
     partners: tuple[int, ...] = ()  # CFG-parallel: partners[j] evaluates the other branch for ranks[j]
+    split: int = 1  # layer split: each run of `split` consecutive ranks is one pipeline over the DiT's blocks
+
+    @property
+    def pipelines(self) -> int:
+        return len(self.ranks) // self.split
+
+    def members(self, item: int) -> tuple[int, ...]:
+        """The ranks that compute `item`: its owner, or its split pipeline (the owner first)."""
+        first = (item // self.split) % self.pipelines * self.split
+        return self.ranks[first : first + self.split]
 
     def owner(self, item: int) -> int:
-        return self.ranks[item % len(self.ranks)]
+        """Receives the item, sends its result on (a split pipeline's first rank)."""
+        return self.members(item)[0]
+
+    def window(self, item: int, num_items: int) -> range:
+        """The items a split pipeline samples together with `item` (interleaved step by step)."""
+        start = item - item % self.split
+        return range(start, min(start + self.split, num_items))
 
     def partner(self, item: int) -> int | None:
         return self.partners[item % len(self.ranks)] if self.partners else None
@@ -46,7 +64,7 @@ class Topology:
 
         `cfg_parallel` pairs the diffusion ranks: of 2K, the first K evaluate the unconditional branch
         for the last K (the segment owners, which receive, decode and send as without pairing)."""
-        entries = expand_layout(layout)
+        entries, splits = expand_layout(layout), split_sizes(layout)
         if len(entries) != world_size:
             raise FoleyError(
                 f"layout {list(layout)} needs {len(entries)} rank(s) but WORLD_SIZE is {world_size}; "
@@ -57,8 +75,11 @@ class Topology:
             k = 0
             while rank + k < len(entries) and entries[rank + k] == stages:
                 k += 1
-            groups.append(Group(stages, tuple(range(rank, rank + k))))
+            groups.append(Group(stages, tuple(range(rank, rank + k)), split=splits.get(stages, 1)))
             rank += k
+        if cfg_parallel and groups[-1].split > 1:
+            raise FoleyError(f"diffusion.cfg_parallel=true pairs whole diffusion ranks and layout {list(layout)} splits "
+                             "the DiT's blocks; use one of them: 'diffusion x2K' with cfg_parallel, or 'diffusion/n' without")
         if cfg_parallel:
             last = groups[-1]
             if last.stages != ("diffusion",) or len(last.ranks) % 2:
@@ -85,24 +106,51 @@ class Topology:
     def describe(self) -> str:
         return ", ".join(f"{'+'.join(g.stages)} on rank{'s' if len(g.ranks) > 1 else ''} {','.join(map(str, g.ranks))}"
                          + (f" (CFG partners {','.join(map(str, g.partners))})" if g.partners else "")
+                         + (f" (blocks split over {g.split} ranks per pipeline)" if g.split > 1 else "")
                          for g in self.groups)
+
+    def split_role(self, rank: int) -> tuple[int, int] | None:
+        """(position, count) of `rank` in its split pipeline; None when its group is not split."""
+        group = next(g for g in self.groups if rank in g.ranks + g.partners)
+        return None if group.split == 1 else (group.ranks.index(rank) % group.split, group.split)
+
+
+def _entry(raw: str) -> tuple[tuple[str, ...], int, int]:
+    """(stages, split, replicas) of one layout entry, syntax-checked."""
+    match = _ENTRY.fullmatch(str(raw).replace(" ", ""))
+    stages = tuple(match.group(1).split("+")) if match else ()
+    unknown = [s for s in stages if s not in STAGES]
+    if not match or unknown:
+        raise FoleyError(
+            f"layout entry {raw!r} is not 'stage[+stage...][ xK]' or 'diffusion/N[ xK]' with stages {', '.join(STAGES)}, "
+            "e.g. 'diffusion x3' or 'diffusion/2'"
+        )
+    split, times = match.group(2), match.group(3)
+    if times is not None and int(times) < 1:
+        raise FoleyError(f"layout entry {raw!r}: replica count after 'x' must be a positive integer")
+    if split is not None and (stages != ("diffusion",) or int(split) < 2):
+        raise FoleyError(f"layout entry {raw!r}: '/N' splits the DiT's blocks over N >= 2 ranks and applies to "
+                         "diffusion alone, e.g. [vision+fusion, 'diffusion/2']")
+    return stages, int(split or 1), int(times or 1)
+
+
+def split_sizes(layout: Sequence[str]) -> dict[tuple[str, ...], int]:
+    """The layer split of each split entry's stages (only 'diffusion' can be split)."""
+    out: dict[tuple[str, ...], int] = {}
+    for raw in layout:
+        stages, split, _ = _entry(raw)
+        if out.setdefault(stages, split) != split:
+            raise FoleyError(f"layout {list(layout)} gives {'+'.join(stages)} two different splits; use one, "
+                             "e.g. 'diffusion/2 x2' for two pipelines of 2 ranks")
+    return out
 
 
 def expand_layout(layout: Sequence[str]) -> list[tuple[str, ...]]:
     """One tuple of stage names per rank; checks entry syntax and that the stages appear once, in order."""
     entries: list[tuple[str, ...]] = []
     for raw in layout:
-        match = _ENTRY.fullmatch(str(raw).replace(" ", ""))
-        stages = tuple(match.group(1).split("+")) if match else ()
-        unknown = [s for s in stages if s not in STAGES]
-        if not match or unknown:
-            raise FoleyError(
-                f"layout entry {raw!r} is not 'stage[+stage...][ xK]' with stages {', '.join(STAGES)}, e.g. 'diffusion x3'"
-            )
-        times = match.group(2)
-        if times is not None and int(times) < 1:
-            raise FoleyError(f"layout entry {raw!r}: replica count after 'x' must be a positive integer")
-        entries += [stages] * int(times or 1)
+        stages, split, times = _entry(raw)
+        entries += [stages] * (split * times)
     flat = [s for e in _dedupe_consecutive(entries) for s in e]
     if flat != list(STAGES):
         raise FoleyError(
@@ -124,10 +172,16 @@ class Action:
     kind: str
     item: int
     peer: int | None = None
+    span: int = 1  # compute: items item .. item + span - 1 together (a split pipeline's window)
+
+    @property
+    def items(self) -> range:
+        return range(self.item, self.item + self.span)
 
     def __str__(self) -> str:
         sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+", "fork": "^", "drop": "x"}[self.kind]
-        return f"{sym}{self.item}" + (f"@{self.peer}" if self.peer is not None else "")
+        last = f"-{self.item + self.span - 1}" if self.span > 1 else ""
+        return f"{sym}{self.item}{last}" + (f"@{self.peer}" if self.peer is not None else "")
 
 
 def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
@@ -147,6 +201,9 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
     pending: list[Action] = []  # the sink's receives + collects of items owned by other replicas
     for n in range(num_items):
         for g, group in enumerate(topo.groups):
+            if group.split > 1:
+                pending = _split_window(prog, topo, g, n, num_items, pending)
+                continue
             me = group.owner(n)
             work = [Action("recv", n, topo.groups[g - 1].owner(n))] if g > 0 else []
             partner = group.partner(n)
@@ -169,6 +226,30 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
             pending += [Action("recv", n, topo.groups[last].owner(n)), Action("collect", n)]
     prog[topo.sink] += pending
     return prog
+
+
+def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int, num_items: int,
+                  pending: list[Action]) -> list[Action]:
+    """Item n's actions in a split group (the last group; Topology keeps it off the first): upstream
+    forks the item to every member besides the owner; at the end of n's window every member receives
+    the window's items, computes them together, and the owner sends each result to the sink (never a
+    split owner) while the others drop theirs. The sink, the last member of the last pipeline, then
+    collects the earlier windows' items. Returns what stays pending for the sink."""
+    group, up = topo.groups[g], topo.groups[g - 1].owner(n)
+    members = group.members(n)
+    for m in members[1:]:
+        prog[up].insert(len(prog[up]) - 1, Action("fork", n, m))  # before its send to the owner
+    window = group.window(n, num_items)
+    if n != window[-1]:
+        return pending
+    for m in members:
+        prog[m] += [Action("recv", i, topo.groups[g - 1].owner(i)) for i in window]
+        prog[m].append(Action("compute", window.start, span=len(window)))
+        prog[m] += [Action("send", i, topo.sink) if m == members[0] else Action("drop", i) for i in window]
+    if topo.sink in members:
+        prog[topo.sink] += [a for a in pending if a.item < window.start]
+        pending = [a for a in pending if a.item >= window.start]
+    return pending
 
 
 def format_grid(prog: dict[int, list[Action]]) -> str:

@@ -75,6 +75,14 @@ def condition_flops(cfg: HunyuanDiTConfig, seconds: float) -> int:
 
 def velocity_flops(cfg: HunyuanDiTConfig, seconds: float) -> int:
     """FLOPs of one `HunyuanDiT.velocity` call (one sampling step) for one sample."""
+    c, la = cfg.hidden_size, TokenCounts.for_seconds(cfg, seconds).audio
+    embed = TIME_FREQ_DIM * c + c * c + la * 2 * cfg.audio_vae_latent_dim * c  # timestep, latents in/out
+    triple, single = block_flops(cfg, seconds)
+    return 2 * embed + cfg.depth_triple_blocks * triple + cfg.depth_single_blocks * single
+
+
+def block_flops(cfg: HunyuanDiTConfig, seconds: float) -> tuple[int, int]:
+    """FLOPs of one triple-stream and one single-stream block in a velocity call, for one sample."""
     c, n = cfg.hidden_size, TokenCounts.for_seconds(cfg, seconds)
     la, lv, lt = n.audio, n.visual, n.text
     mlp = int(c * cfg.mlp_ratio)
@@ -91,8 +99,27 @@ def velocity_flops(cfg: HunyuanDiTConfig, seconds: float) -> int:
         + 2 * la * c  # attention
         + 3 * c * c + 3 * 3 * c * swiglu_hidden(c * cfg.mlp_ratio)  # 3-tap convolutions
     )
-    embed = TIME_FREQ_DIM * c + c * c + la * 2 * cfg.audio_vae_latent_dim * c  # timestep, latents in/out
-    return 2 * (embed + cfg.depth_triple_blocks * triple + cfg.depth_single_blocks * single)
+    return 2 * triple, 2 * single
+
+
+def block_ranges(cfg: HunyuanDiTConfig, parts: int, seconds: float = 5.0) -> list[tuple[int, int]]:
+    """The layer split's block ranges [start, stop) of the flat block index (triple-stream blocks,
+    then single-stream), `parts` contiguous non-empty ranges of about equal FLOPs: every boundary is
+    the block edge closest to an equal share of the work."""
+    triple, single = block_flops(cfg, seconds)
+    cost = [triple] * cfg.depth_triple_blocks + [single] * cfg.depth_single_blocks
+    if not 1 <= parts <= len(cost):
+        raise ValueError(f"cannot split {len(cost)} DiT blocks into {parts} ranges")
+    prefix = [0]
+    for c in cost:
+        prefix.append(prefix[-1] + c)
+    edges = [0]
+    for k in range(1, parts):
+        target = prefix[-1] * k / parts
+        lo, hi = edges[-1] + 1, len(cost) - (parts - k)  # keep every range non-empty
+        edges.append(min(range(lo, hi + 1), key=lambda e: (abs(prefix[e] - target), e)))
+    edges.append(len(cost))
+    return list(zip(edges, edges[1:]))
 
 
 def forward_flops(cfg: HunyuanDiTConfig, seconds: float) -> int:
