@@ -31,7 +31,9 @@ from foley_dist.errors import FoleyError
 from foley_dist.jobs import Job
 from foley_dist.media.cache import file_identity
 from foley_dist.models.foley import ModelSpec, build_parts, stage_parts, weights_root
+from foley_dist.models.hunyuan_cost import block_ranges
 from foley_dist.models.joint import joined_items, link_neighbours
+from foley_dist.models.split import SplitRole
 from foley_dist.planning.estimates import stage_flops
 from foley_dist.planning.memory_options import MemoryOption
 from foley_dist.planning.plan import run_choice
@@ -103,13 +105,29 @@ def set_fp32_math(precision: str) -> None:
         torch.backends.cuda.matmul.fp32_precision = "ieee"
 
 
+def split_role(topo: Topology, rank: int, spec: ModelSpec, segment_seconds: float) -> SplitRole | None:
+    """This rank's block range in its split pipeline (ranges balanced by FLOPs), or None."""
+    role = topo.split_role(rank)
+    if role is None:
+        return None
+    position, count = role
+    if count > spec.dit.depth_triple_blocks + spec.dit.depth_single_blocks:
+        raise FoleyError(f"layout splits the DiT over {count} ranks but model={spec.name} has only "
+                         f"{spec.dit.depth_triple_blocks + spec.dit.depth_single_blocks} blocks; use fewer ranks per split")
+    return SplitRole(position, count, *block_ranges(spec.dit, count, segment_seconds)[position])
+
+
 def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device: torch.device,
-                 parts: dict[str, torch.nn.Module], memory: MemoryOption = MemoryOption()) -> list[torch.nn.Module]:
-    """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are reused."""
+                 parts: dict[str, torch.nn.Module], memory: MemoryOption = MemoryOption(),
+                 split: SplitRole | None = None) -> list[torch.nn.Module]:
+    """The rank's stages around its model parts; parts already in `parts` (an earlier call's) are
+    reused. `split`: this rank's place in a layer split (its DiT holds only its block range)."""
     dit_dtype = autocast_dtype(cfg.hardware.precision, device)
     set_fp32_math(cfg.hardware.precision)
     missing = tuple(p for p in stage_parts(names) if p not in parts)
-    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32, memory.fp8, memory.offload))
+    blocks = (split.start, split.stop) if split is not None else None
+    parts.update(build_parts(spec, missing, cfg.model, device, dit_dtype or torch.float32, memory.fp8, memory.offload,
+                             blocks))
     dump, noise = getattr(cfg, "dump", None) is not None, getattr(cfg, "noise", None)
     model_id = f"{cfg.model.name}:{Path(cfg.model.path).resolve() if cfg.model.path else cfg.model.init_seed}"
     if cfg.model.config:
@@ -122,7 +140,10 @@ def build_stages(names: tuple[str, ...], cfg: RunConfig, spec: ModelSpec, device
         "diffusion": lambda: DiffusionStage(spec, parts["dit"], parts["vae"], cfg.model.steps, cfg.model.guidance_scale,
                                             device, dit_dtype, cfg.seam, cfg.diffusion.cfg_parallel, noise, dump),
     }
-    return [make[n]() for n in names]
+    stages = [make[n]() for n in names]
+    if split is not None:
+        stages[names.index("diffusion")].split = split
+    return stages
 
 
 def log(rank: int, text: str) -> None:
@@ -196,17 +217,19 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     if cfg.seam == "joint":
         link_neighbours([m.meta for m in items])
         resumed_tails = continue_from(items, jobs, tails)
+    topo = Topology.parse(layout, env.world_size, cfg.diffusion.cfg_parallel and env.world_size > 1, len(items))  # windows
     rec = Recorder(env.rank, list(names), env.device)
     resumed = sum(len(v) for v in done.values())
     schedule = build_schedule(topo, len(items))[env.rank]
-    mine = sum(a.kind == "compute" for a in schedule)
+    mine = sum(a.span for a in schedule if a.kind == "compute")
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
                   + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
     link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), costs, env, cfg.hardware.timeout_s,
                      cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
-        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory)
+        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory,
+                              split_role(topo, env.rank, spec, cfg.segment_seconds))
     if "vision" in names:  # its frame preparation decodes the next segment of this rank's order ahead
         stages[names.index("vision")].upcoming([items[a.item].meta for a in schedule if a.kind == "compute"])
     links = step_channel(topo, link, env.rank) if link is not None else None
@@ -261,7 +284,8 @@ def build_report(cfg: RunConfig, spec: ModelSpec, topo: Topology, jobs: list[Job
         "generator": MARK,  # lets a later run tell its own earlier report from someone's file (outpaths.py)
         "model": cfg.model.name,
         "sample_rate": spec.sample_rate,
-        "layout": [{"stages": list(g.stages), "ranks": list(g.ranks)} for g in topo.groups],
+        "layout": [{"stages": list(g.stages), "ranks": list(g.ranks), **({"split": g.split} if g.split > 1 else {})}
+                   for g in topo.groups],
         "world_size": topo.world_size,
         "wall_s": round(wall_s, 3),
         "segments_resumed": resumed,

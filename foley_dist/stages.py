@@ -26,6 +26,7 @@ from torch import nn
 
 from foley_dist.config import VisionConfig
 from foley_dist.engine.message import Message
+from foley_dist.engine.protocol import window_order
 from foley_dist.errors import FoleyError
 from foley_dist.media import mediaguard
 from foley_dist.media.cache import FeatureCache, cache_root, feature_key, file_identity
@@ -39,6 +40,7 @@ from foley_dist.models.checkpoint import load_state_dict
 from foley_dist.models.flow import sample
 from foley_dist.models.foley import ModelSpec
 from foley_dist.models.joint import LocalChannel, StepChannel, overlap_exchange, split_velocity, timeline_noise
+from foley_dist.models.split import DiTWork, ItemWork, RelayWork, SplitRole, run_window
 
 PREPROCESS_MODES = ("release", "fast")
 DUMP = "dump."  # prefix of tensors that only travel to be written by the sink (dump=DIR)
@@ -293,6 +295,8 @@ class DiffusionStage(nn.Module):
     exchanging overlap latents every step through `channel`, which the runtime injects (a local one
     by default). `cfg_split` evaluates the CFG branches one at a time; with a channel whose `branch`
     is set (CFG-parallel) this rank evaluates only that branch and only branch 1's rank decodes audio.
+    With `split` set (layout 'diffusion/N'), `dit` holds only this rank's block range and the stage
+    samples windows of items with the other members of its split pipeline (foley_dist.models.split).
     """
 
     name = "diffusion"
@@ -308,20 +312,30 @@ class DiffusionStage(nn.Module):
         self.steps, self.guidance_scale, self.device, self.autocast_dtype = steps, guidance_scale, device, autocast_dtype
         self.seam, self.cfg_split, self.noise_dir, self.dump = seam, cfg_split, noise_dir, dump
         self.channel: StepChannel = LocalChannel()
+        self.split: SplitRole | None = None  # set by the runtime on a split pipeline's member (layout 'diffusion/N')
+        self._wire_dtypes: list[torch.dtype] = []  # the hidden states' dtypes, read from the first message
 
     def latent_span(self, start: float, end: float) -> tuple[int, int]:
         """(offset on the job's latent timeline, length) of the segment [start, end) in latent frames."""
         return round(start * self.spec.latent_rate), round((end - start) * self.spec.latent_rate)
 
-    @torch.inference_mode()
-    def forward(self, msg: Message) -> Message:
+    @property
+    def windowed(self) -> bool:
+        """A split pipeline's member works on windows of items (engine.pipeline calls forward_window)."""
+        return self.split is not None
+
+    def _prepare(self, msg: Message, sample_noise: bool = True
+                 ) -> tuple[tuple[int, int], torch.Tensor, dict[str, torch.Tensor], int, float]:
+        """(latent span, initial noise (zeros unless `sample_noise`), conditioning, steps, guidance scale)."""
         seg = _segment(msg.meta)
         span = self.latent_span(seg.start, seg.end)
         alone = not (msg.meta.get("joint_prev") or msg.meta.get("joint_next"))
         if self.seam != "joint" or alone:  # the release's length (set by the vision stage); joint segments with
             span = (span[0], msg.meta.get("latent_frames", span[1]))  # neighbours keep the shared timeline's
         channels = self.spec.dit.audio_vae_latent_dim
-        if self.noise_dir:
+        if not sample_noise:
+            noise = torch.zeros(1, channels, span[1], device=self.device)
+        elif self.noise_dir:
             noise = read_noise(self.noise_dir, seg.index, (1, channels, span[1])).to(self.device)
         elif self.seam == "joint":
             noise = timeline_noise(msg.meta["seed"], span[0], span[1], channels).to(self.device)
@@ -330,20 +344,31 @@ class DiffusionStage(nn.Module):
         cond = {k: v for k, v in msg.tensors.items() if not k.startswith(DUMP)}
         steps = msg.meta.get("model.steps", self.steps)  # per-item overrides from a batch manifest
         guidance_scale = msg.meta.get("model.guidance_scale", self.guidance_scale)
-        use_cfg = guidance_scale > 1
-        if not use_cfg:  # no guidance: only the conditional half of [uncond; cond] is used
+        if guidance_scale <= 1:  # no guidance: only the conditional half of [uncond; cond] is used
             cond = {k: v[1:] for k, v in cond.items()}
+        return span, noise, cond, steps, guidance_scale
+
+    def _autocast(self):
+        return torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None)
+
+    @torch.inference_mode()
+    def forward(self, msg: Message) -> Message:
+        if self.split is not None:
+            return self.forward_window([msg])[0]
+        span, noise, cond, steps, guidance_scale = self._prepare(msg)
+        use_cfg = guidance_scale > 1
         parallel = use_cfg and self.channel.branch is not None
 
         def velocity(x: torch.Tensor, t: torch.Tensor, branch: int | None = None) -> torch.Tensor:
             c = cond if branch is None else {k: v[branch : branch + 1] for k, v in cond.items()}
-            with torch.autocast(self.device.type, self.autocast_dtype or torch.float32, enabled=self.autocast_dtype is not None):
+            with self._autocast():
                 return self.dit.velocity(x, t, c).float()
 
         if "error" in msg.meta:
             return self._relay(msg, span, noise, steps, parallel)
         tails: list[torch.Tensor] = []
         exchange, head = self._overlaps(msg, span, tails)
+        channels = noise.shape[1]
         self.channel.open(msg.segment, steps, (1, channels, head) if head else None,
                           (1, channels, span[1]) if parallel else None)
         if use_cfg and (self.cfg_split or parallel):
@@ -351,6 +376,9 @@ class DiffusionStage(nn.Module):
         latents = sample(velocity, noise, steps, guidance_scale, exchange=exchange)
         if parallel and self.channel.branch == 0:  # the partner's copy of the latents: branch 1's rank decodes
             return Message(msg.segment, {}, msg.meta)
+        return self._result(msg, latents, tails, noise)
+
+    def _result(self, msg: Message, latents: torch.Tensor, tails: list[torch.Tensor], noise: torch.Tensor) -> Message:
         # The release's trim, audio[:, :int(audio_len_in_s * 48000)], slices the channel axis and keeps
         # all latent_frames * hop samples; so do we.
         audio = self.vae(latents.float())[0].reshape(-1).float()
@@ -361,6 +389,38 @@ class DiffusionStage(nn.Module):
             out.update(dumped(msg))
             out.update({DUMP + "noise": noise, DUMP + "latents": latents, DUMP + "audio": audio[None]})
         return Message(msg.segment, out, msg.meta)
+
+    @torch.inference_mode()
+    def forward_window(self, msgs: list[Message]) -> list[Message]:
+        """A split pipeline member's part of a window (models/split.py): the first member returns the
+        items' audio, the others their messages unchanged (the schedule drops them)."""
+        works = [self._split_work(m) for m in msgs]
+        order = window_order([w.steps for w in works], self.split.first)
+        results = run_window(works, [m.segment for m in msgs], order, self.split, self.channel)
+        return [m if r is None else r for r, m in zip(results, msgs)]
+
+    def _split_work(self, msg: Message) -> ItemWork:
+        """The item's work on this member. Every member sees the same message, so all agree on whether
+        the item relays (it failed upstream) and on every message size; only the first member samples
+        the noise, and if that fails it computes on zeros (so the members stay in step) and reports
+        the error instead of the audio."""
+        first, problem = self.split.first, None
+        try:
+            span, noise, cond, steps, guidance_scale = self._prepare(msg, sample_noise=first)
+        except FoleyError as e:
+            span, noise, cond, steps, guidance_scale = self._prepare(msg, sample_noise=False)
+            problem = f"diffusion: {e}"
+        tails: list[torch.Tensor] = []
+        exchange, head = self._overlaps(msg, span, tails) if first else (None, 0)
+        if first:
+            self.channel.open(msg.segment, steps, (1, noise.shape[1], head) if head else None, None)
+        exchange = exchange or (lambda step, x: x)
+        if "error" in msg.meta:
+            return RelayWork(steps, noise, exchange, msg)
+        finish = ((lambda x: self._result(msg, x, tails, noise)) if problem is None
+                  else (lambda x: Message(msg.segment, {}, {**msg.meta, "error": problem})))
+        return DiTWork(self.dit, self.split, cond, noise, steps, guidance_scale, self._autocast, exchange, finish,
+                       self._wire_dtypes)
 
     def _overlaps(self, msg: Message, span: tuple[int, int], kept: list[torch.Tensor] | None = None):
         """seam=joint: the per-step overlap exchange with the neighbouring segments and the head's frame

@@ -1,5 +1,6 @@
 """The protocol verifier's coverage table: every layout of 1..16 ranks (each grouping of the stages,
-each replica count, CFG pairs where the last group is diffusion alone with an even count) x every
+each replica count, CFG pairs where the last group is diffusion alone with an even count, the DiT's
+blocks split over every divisor of that group's ranks, windows sized for the job) x every
 segment count 1..30 x each seam mode, each job's programs replayed under NCCL's rules
 (foley_dist.engine.protocol.verify, which raises on the first job that would deadlock). Prints one
 row per world size and writes JSON.
@@ -28,11 +29,11 @@ def main() -> None:
     args = ap.parse_args()
     rows = []
     for world in range(1, args.max_world + 1):
-        start, cases, ops, found = time.perf_counter(), 0, 0, 0
-        for topo in every_topology(world):
-            found += 1
-            cfg = bool(topo.groups[-1].partners)
-            for n in range(1, args.segments + 1):
+        start, cases, ops = time.perf_counter(), 0, 0
+        found = len(every_topology(world))
+        for n in range(1, args.segments + 1):
+            for topo in every_topology(world, n):
+                cfg = bool(topo.groups[-1].partners)
                 for seam in ("joint", "crossfade"):
                     items = [ItemPlan(args.steps, seam == "joint" and i > 0, cfg) for i in range(n)]
                     events = code_events(topo, items, COSTS)

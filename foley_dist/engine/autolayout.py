@@ -146,15 +146,22 @@ def candidate_layouts(world_size: int, memory: dict[str, float] | None = None,
             for reps in compositions(world_size, len(groups))]
 
 
-def every_topology(world_size: int) -> list[Topology]:
-    """Every layout of `world_size` ranks, and with CFG pairs wherever its last group allows them (the
-    protocol verifier's sweep)."""
+def every_topology(world_size: int, num_items: int | None = None) -> list[Topology]:
+    """Every layout of `world_size` ranks, with CFG pairs wherever its last group allows them and
+    with the DiT's blocks split over every divisor (>= 2) of a diffusion-only last group's ranks (the
+    protocol verifier's sweep; `num_items` sizes the split windows as a job of that many segments)."""
     out = []
     for layout in candidate_layouts(world_size):
         out.append(Topology.parse(layout, world_size))
-        last = layout[-1].split(" x")
-        if last[0] == "diffusion" and len(last) == 2 and int(last[1]) % 2 == 0:
+        stages, _, times = layout[-1].partition(" x")
+        ranks = int(times or 1)
+        if stages != "diffusion":
+            continue
+        if ranks % 2 == 0:
             out.append(Topology.parse(layout, world_size, cfg_parallel=True))
+        for split in (n for n in range(2, ranks + 1) if ranks % n == 0):
+            entry = f"diffusion/{split}" + (f" x{ranks // split}" if ranks > split else "")
+            out.append(Topology.parse(layout[:-1] + [entry], world_size, num_items=num_items))
     return out
 
 

@@ -31,6 +31,12 @@ def execute(actions: list[Action], stages: list[torch.nn.Module], items: list[Me
         if a.kind == "recv":
             with rec.span("recv", "comm", a.item):
                 held[a.item] = link.recv_message(a.item, a.peer)
+        elif a.kind == "compute" and any(getattr(s, "windowed", False) for s in stages):  # a split pipeline's window
+            msgs = [held.pop(i) for i in a.items]
+            for stage in stages:
+                with rec.span(stage.name, "compute", a.item):
+                    msgs = stage.forward_window(msgs)
+            held.update(zip(a.items, msgs))
         elif a.kind == "compute":
             msg = held.pop(a.item) if a.item in held else items[a.item]
             for stage in stages:
@@ -63,7 +69,8 @@ def step_channel(topo: Topology, link: transport.Link, rank: int) -> transport.S
     partner = None
     if branch is not None:  # owners[j] and partners[j] form a pair
         partner = group.partners[group.ranks.index(me)] if branch == 1 else group.ranks[group.partners.index(me)]
-    return transport.StepLinks(link, protocol.chain_owner(topo, me), partner, branch)
+    ring = protocol.split_peers(topo, me) if topo.split_role(me) is not None else None
+    return transport.StepLinks(link, protocol.chain_owner(topo, me), partner, branch, ring)
 
 
 def open_link(topo: Topology, plans: list[protocol.ItemPlan], costs: dict[str, float], env: transport.Env,

@@ -108,7 +108,9 @@ def code_events(topo: Topology, items: Sequence[ItemPlan], costs: dict[str, floa
                 ev.append(Event("send", ("msg", a.item), a.peer))
             elif a.kind == "compute":
                 for stage in topo.stages_of(rank):
-                    if stage == "diffusion":
+                    if stage == "diffusion" and topo.split_role(rank) is not None:
+                        ev += _window_events(topo, items, a.items, rank, costs.get(stage, 1.0))
+                    elif stage == "diffusion":
                         ev += _diffusion_events(topo, items, a.item, rank, costs.get(stage, 1.0), group)
                     else:
                         ev.append(Event("work", cost=costs.get(stage, 1.0)))
@@ -138,6 +140,55 @@ def _diffusion_events(topo: Topology, items: Sequence[ItemPlan], n: int, rank: i
                 ev.append(Event("work", cost=step_cost))
     if not (plan.swap and rank != group.owner(n)):  # the partner does not decode
         ev.append(Event("work", cost=0.05 * cost))
+    return ev
+
+
+def window_order(steps: Sequence[int], first: bool) -> list[tuple[int, int]]:
+    """The order in which a member of a split pipeline works on its window: (position in the window,
+    step) pairs, tick by tick; at tick t the item at position k runs step t - k, so every item runs
+    one step behind the one before it (the joint wavefront) and, with as many items as block ranges,
+    every range has work at every tick. The first member also runs a last pseudo-step per item
+    (step == steps: the final overlap exchange and the audio decoder)."""
+    extra = int(first)
+    ticks = max((n + extra + k for k, n in enumerate(steps)), default=0)
+    return [(k, t - k) for t in range(ticks) for k, n in enumerate(steps) if 0 <= t - k < n + extra]
+
+
+def split_peers(topo: Topology, rank: int) -> tuple[int, int]:
+    """(previous, next) member of `rank`'s split pipeline, in a ring: the first receives the latents
+    back from the last."""
+    position, count = topo.split_role(rank)
+    first = rank - position
+    return first + (position - 1) % count, first + (position + 1) % count
+
+
+def _window_events(topo: Topology, items: Sequence[ItemPlan], window: range, rank: int, cost: float) -> list[Event]:
+    """A split pipeline member's events for a window (models/split.py runs exactly this order).
+    Per item and step: member j receives ("split", item, step) from j-1 and sends it to j+1; the last
+    sends the step's latents back to the first, which receives them before the item's next step and
+    makes the joint overlap exchange with the neighbouring items' owners."""
+    position, count = topo.split_role(rank)
+    prev, nxt = split_peers(topo, rank)
+    owner = topo.groups[-1].owner
+    plans = [items[n] for n in window]
+    range_cost = 0.95 * cost / count
+    ev: list[Event] = []
+    for k, step in window_order([p.steps for p in plans], position == 0):
+        n, plan = window[k], plans[k]
+        if position:
+            ev += [Event("recv", ("split", n, step), prev, step_group(prev, rank)), Event("work", cost=range_cost / plan.steps),
+                   Event("send", ("split", n, step), nxt, step_group(rank, nxt))]
+            continue
+        if step:
+            ev.append(Event("recv", ("split", n, step - 1), prev, step_group(prev, rank)))
+        if plan.joined and owner(n - 1) != rank:
+            ev.append(Event("recv", ("tail", n, step), owner(n - 1), step_group(owner(n - 1), rank)))
+        if n + 1 < len(items) and items[n + 1].joined and owner(n + 1) != rank:
+            ev.append(Event("send", ("tail", n + 1, step), owner(n + 1), step_group(rank, owner(n + 1))))
+        if step == plan.steps:
+            ev.append(Event("work", cost=0.05 * cost))
+        else:
+            ev += [Event("work", cost=range_cost / plan.steps), Event("send", ("split", n, step), nxt, step_group(rank, nxt))]
     return ev
 
 

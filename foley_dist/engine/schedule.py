@@ -12,6 +12,7 @@ process group, and printable as a rank-by-step grid.
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass
 from typing import Sequence
@@ -30,6 +31,7 @@ class Group:
     ranks: tuple[int, ...]
     partners: tuple[int, ...] = ()  # CFG-parallel: partners[j] evaluates the other branch for ranks[j]
     split: int = 1  # layer split: each run of `split` consecutive ranks is one pipeline over the DiT's blocks
+    window_size: int = 1  # segments a split pipeline samples together (split_window)
 
     @property
     def pipelines(self) -> int:
@@ -37,7 +39,7 @@ class Group:
 
     def members(self, item: int) -> tuple[int, ...]:
         """The ranks that compute `item`: its owner, or its split pipeline (the owner first)."""
-        first = (item // self.split) % self.pipelines * self.split
+        first = (item // self.window_size) % self.pipelines * self.split
         return self.ranks[first : first + self.split]
 
     def owner(self, item: int) -> int:
@@ -46,8 +48,8 @@ class Group:
 
     def window(self, item: int, num_items: int) -> range:
         """The items a split pipeline samples together with `item` (interleaved step by step)."""
-        start = item - item % self.split
-        return range(start, min(start + self.split, num_items))
+        start = item - item % self.window_size
+        return range(start, min(start + self.window_size, num_items))
 
     def partner(self, item: int) -> int | None:
         return self.partners[item % len(self.ranks)] if self.partners else None
@@ -59,11 +61,14 @@ class Topology:
     world_size: int
 
     @classmethod
-    def parse(cls, layout: Sequence[str], world_size: int, cfg_parallel: bool = False) -> "Topology":
+    def parse(cls, layout: Sequence[str], world_size: int, cfg_parallel: bool = False,
+              num_items: int | None = None) -> "Topology":
         """Validate `layout` against the pipeline's stage order and WORLD_SIZE.
 
         `cfg_parallel` pairs the diffusion ranks: of 2K, the first K evaluate the unconditional branch
-        for the last K (the segment owners, which receive, decode and send as without pairing)."""
+        for the last K (the segment owners, which receive, decode and send as without pairing).
+        `num_items` (the job's segments) sizes a split group's windows (split_window); without it a
+        window is one segment per block range."""
         entries, splits = expand_layout(layout), split_sizes(layout)
         if len(entries) != world_size:
             raise FoleyError(
@@ -75,7 +80,9 @@ class Topology:
             k = 0
             while rank + k < len(entries) and entries[rank + k] == stages:
                 k += 1
-            groups.append(Group(stages, tuple(range(rank, rank + k)), split=splits.get(stages, 1)))
+            split = splits.get(stages, 1)
+            window = split if num_items is None or split == 1 else split_window(split, k // split, num_items)
+            groups.append(Group(stages, tuple(range(rank, rank + k)), split=split, window_size=window))
             rank += k
         if cfg_parallel and groups[-1].split > 1:
             raise FoleyError(f"diffusion.cfg_parallel=true pairs whole diffusion ranks and layout {list(layout)} splits "
@@ -113,6 +120,14 @@ class Topology:
         """(position, count) of `rank` in its split pipeline; None when its group is not split."""
         group = next(g for g in self.groups if rank in g.ranks + g.partners)
         return None if group.split == 1 else (group.ranks.index(rank) % group.split, group.split)
+
+
+def split_window(split: int, pipelines: int, num_items: int) -> int:
+    """Segments a split pipeline samples together: at least `split` (so every block range has work
+    at every moment), up to twice that (slack for the per-step messages' latency), sized so that the
+    job's windows spread evenly over the pipelines."""
+    rounds = max(1, math.ceil(num_items / (pipelines * 2 * split)))
+    return max(split, math.ceil(num_items / (pipelines * rounds)))
 
 
 def _entry(raw: str) -> tuple[tuple[str, ...], int, int]:

@@ -399,12 +399,15 @@ class Link:
 
 
 class StepLinks:
-    """The diffusion stage's per-step channel across ranks (joint overlaps, CFG-parallel velocities),
-    over the rank's Link. `owner(item)` is the rank sampling `item` in this rank's CFG branch;
-    `partner` the rank evaluating the other branch, if any."""
+    """The diffusion stage's per-step channel across ranks (joint overlaps, CFG-parallel velocities,
+    a layer split's hidden states), over the rank's Link. `owner(item)` is the rank sampling `item` in
+    this rank's CFG branch; `partner` the rank evaluating the other branch, if any; `ring` the
+    (previous, next) member of this rank's split pipeline, if any."""
 
-    def __init__(self, link: Link, owner, partner: int | None, branch: int | None):
+    def __init__(self, link: Link, owner, partner: int | None, branch: int | None,
+                 ring: tuple[int, int] | None = None):
         self.link, self.rank, self.owner, self.partner, self.branch = link, link.rank, owner, partner, branch
+        self.ring = ring
         self._local: dict[tuple[int, int], torch.Tensor] = {}  # (item, step) -> tail from this rank or a resume
 
     def preload(self, item: int, tails: torch.Tensor) -> None:
@@ -430,6 +433,15 @@ class StepLinks:
 
     def swap(self, item: int, step: int, velocity: torch.Tensor) -> torch.Tensor:
         return self.link.swap(("swap", item, step), velocity, self.partner)
+
+    def expect_split(self, item: int, step: int, numel: int) -> None:
+        self.link.expect(("split", item, step), self.ring[0], (numel,))
+
+    def recv_split(self, item: int, step: int) -> torch.Tensor:
+        return self.link.recv_step(("split", item, step), self.ring[0])
+
+    def send_split(self, item: int, step: int, flat: torch.Tensor) -> None:
+        self.link.send_step(("split", item, step), flat, self.ring[1])
 
     @property
     def held(self) -> int:

@@ -69,19 +69,21 @@ def is_fp8_file(path: Path) -> bool:
         return (f.metadata() or {}).get("weights") == "fp8"
 
 
-def load_dit(cfg: HunyuanDiTConfig, path: Path, dtype: torch.dtype, fp8: bool) -> HunyuanDiT:
+def load_dit(cfg: HunyuanDiTConfig, path: Path, dtype: torch.dtype, fp8: bool,
+             prefixes: tuple[str, ...] | None = None) -> HunyuanDiT:
     """The DiT from a checkpoint into host memory, in `dtype`, with fp8 blocks if `fp8`: an fp8 file
-    (`foley-dist convert --fp8`) loads as it is, a bf16/fp32 one is quantised while loading."""
+    (`foley-dist convert --fp8`) loads as it is, a bf16/fp32 one is quantised while loading. With
+    `prefixes` only those tensors are read (a layer split's range; strip the rest afterwards)."""
     with torch.device("meta"):
         dit = HunyuanDiT(cfg).to(dtype)
-    state = load_state_dict(path)
+    state = load_state_dict(path, prefixes=prefixes)
     stored_fp8 = is_fp8_state(state)
     if stored_fp8 and not fp8:
         raise FoleyError(f"{path} holds fp8 weights (foley-dist convert --fp8): pass hardware.weights=fp8 to use "
                          "them, or point model.path at a folder with the bf16 release checkpoint")
     if stored_fp8:
         to_fp8_(dit)
-    load_into(dit, state, what="HunyuanVideo-Foley DiT", source=path)
+    load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path)
     del state
     return to_fp8_(dit) if fp8 and not stored_fp8 else dit
 

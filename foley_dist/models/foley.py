@@ -27,7 +27,14 @@ from foley_dist.models.checkpoint import load_into, load_state_dict
 from foley_dist.models.clap import TextEncoder, TextEncoderConfig
 from foley_dist.models.dac_vae import AudioDecoder, DacDecoderConfig
 from foley_dist.models.dit_memory import is_fp8_file, load_dit, place_dit
-from foley_dist.models.hunyuan_dit import CONDITION_PREFIXES, HunyuanDiT, HunyuanDiTConfig, strip_to_condition
+from foley_dist.models.hunyuan_dit import (
+    CONDITION_PREFIXES,
+    HunyuanDiT,
+    HunyuanDiTConfig,
+    range_prefixes,
+    strip_to_condition,
+    strip_to_range,
+)
 from foley_dist.models.siglip import VisualEncoder, VisualEncoderConfig
 from foley_dist.models.synchformer import SyncEncoder, SyncEncoderConfig
 
@@ -131,7 +138,7 @@ def find_weights(root: Path, stem: str) -> Path:
 
 
 def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device,
-                   dit_dtype: torch.dtype = torch.float32) -> nn.Module:
+                   dit_dtype: torch.dtype = torch.float32, dit_prefixes: tuple[str, ...] | None = None) -> nn.Module:
     if part == "visual":
         return VisualEncoder.from_pretrained_dir(root / "siglip2")
     if part == "text":
@@ -142,13 +149,13 @@ def _official_part(spec: ModelSpec, part: str, root: Path, device: torch.device,
         return AudioDecoder.from_official(find_weights(root, "vae_128d_48k"))
     with torch.device("meta"):  # no memory until the checkpoint's tensors are assigned
         dit = HunyuanDiT(spec.dit)
-    prefixes = CONDITION_PREFIXES if part == "dit_condition" else None  # read only what this rank uses
+    prefixes = CONDITION_PREFIXES if part == "dit_condition" else dit_prefixes  # read only what this rank uses
     path = find_weights(root, spec.dit_file)
     # Mapped on the host, then each tensor is copied once to `device` in `dit_dtype`: the device
     # never holds more than the final weights plus one tensor in flight (issue 17 item 7).
     state = load_state_dict(path, prefixes=prefixes)
     load_into(dit, state, what="HunyuanVideo-Foley DiT", prefixes=prefixes, source=path, dtype=dit_dtype, device=device)
-    return strip_to_condition(dit) if prefixes else dit
+    return strip_to_condition(dit) if part == "dit_condition" else dit
 
 
 def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:
@@ -164,25 +171,33 @@ def weights_root(spec: ModelSpec, cfg: ModelConfig) -> Path | None:
 
 
 def build_parts(spec: ModelSpec, parts: tuple[str, ...], cfg: ModelConfig, device: torch.device,
-                dit_dtype: torch.dtype = torch.float32, fp8: bool = False, offload: bool = False) -> dict[str, nn.Module]:
+                dit_dtype: torch.dtype = torch.float32, fp8: bool = False, offload: bool = False,
+                blocks: tuple[int, int] | None = None) -> dict[str, nn.Module]:
     """Build (tiny) or load (official weights from cfg.path) the given parts, in eval mode on `device`.
 
     The DiT (and its condition projections) is cast to `dit_dtype`, as the release casts it to bf16
     on GPU; every other part stays fp32. `fp8` / `offload`: the whole DiT's memory options
-    (models/dit_memory.py), built in host memory first."""
+    (models/dit_memory.py), built in host memory first. `blocks`: a layer split's range [start,
+    stop): the DiT holds only those blocks (plus the embedders on the first range and the final
+    layer on the last), and only their tensors are read from the checkpoint."""
     root = weights_root(spec, cfg)
     out = {}
     for part in parts:
         path = find_weights(root, spec.dit_file) if root is not None and part == "dit" else None
         fp8_dit = part == "dit" and (fp8 or (path is not None and is_fp8_file(path)))  # an fp8 file loads as fp8
+        prefixes = range_prefixes(spec.dit, *blocks) if part == "dit" and blocks is not None else None
         if part == "dit" and (fp8_dit or offload):
-            dit = random_part(spec, part, cfg.init_seed, device) if path is None else load_dit(spec.dit, path, dit_dtype, fp8_dit)
+            dit = (random_part(spec, part, cfg.init_seed, device) if path is None
+                   else load_dit(spec.dit, path, dit_dtype, fp8_dit, prefixes))
+            dit = strip_to_range(dit, *blocks) if blocks is not None else dit
             out[part] = place_dit(dit, device, dit_dtype, fp8_dit, offload)
             continue
         dtype = dit_dtype if part in ("dit", "dit_condition") else None
         if spec.name == "tiny":
             module = random_part(spec, part, cfg.init_seed, device, dtype)
         else:  # the DiT arrives on `device` in `dtype` already (both ways): the .to below is then a no-op
-            module = _official_part(spec, part, root, device, dtype or torch.float32)
+            module = _official_part(spec, part, root, device, dtype or torch.float32, prefixes)
+        if prefixes is not None:
+            module = strip_to_range(module, *blocks)
         out[part] = (module.to(device, dtype) if dtype else module.to(device)).eval().requires_grad_(False)
     return out

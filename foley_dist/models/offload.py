@@ -10,7 +10,7 @@ the non-offloaded forward's, bit for bit.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterator, Mapping
 
 import torch
 from torch import Tensor, nn
@@ -22,24 +22,24 @@ def _host_copy(tensor: Tensor, pin: bool) -> Tensor:
 
 
 class BlockStreamer:
-    """Streams `blocks` (modules with parameters only) from host memory to `device`, one ahead; the
-    DiT's `block_source` (indices are positions in `blocks`, the DiT's flat block index)."""
+    """Streams `blocks` (modules with parameters only, by the DiT's flat block index; a layer split's
+    rank has only its range) from host memory to `device`, one ahead; the DiT's `block_source`."""
 
-    def __init__(self, blocks: Sequence[nn.Module], device: torch.device):
+    def __init__(self, blocks: Mapping[int, nn.Module], device: torch.device):
         self.device = device
         pin = device.type == "cuda"  # pinning needs a CUDA build; it only speeds up copies to a GPU
-        self.params = [list(block.parameters()) for block in blocks]
-        if any(True for block in blocks for _ in block.buffers()):
+        self.params = {i: list(block.parameters()) for i, block in blocks.items()}
+        if any(True for block in blocks.values() for _ in block.buffers()):
             raise ValueError("block offload moves parameters only; these blocks have buffers")
-        self.host = [[_host_copy(p, pin) for p in params] for params in self.params]
-        for params, host in zip(self.params, self.host):
-            for p, h in zip(params, host):
+        self.host = {i: [_host_copy(p, pin) for p in params] for i, params in self.params.items()}
+        for i, params in self.params.items():
+            for p, h in zip(params, self.host[i]):
                 p.data = h
         self.copy_stream = torch.cuda.Stream(device) if device.type == "cuda" else None
 
     @property
     def host_bytes(self) -> int:
-        return sum(h.numel() * h.element_size() for host in self.host for h in host)
+        return sum(h.numel() * h.element_size() for host in self.host.values() for h in host)
 
     def _fetch(self, index: int) -> tuple[list[Tensor], torch.cuda.Event | None]:
         """Start copying block `index` to the device; the event marks the copies' completion."""
@@ -73,7 +73,7 @@ class BlockStreamer:
 def offload_blocks(dit: nn.Module, device: torch.device) -> nn.Module:
     """Keep `dit`'s blocks in host memory and everything else on `device`; its forward streams the
     blocks in (the DiT must be on the CPU when called, so the whole model never sits on the device)."""
-    blocks = [dit.block(i) for i in range(dit.num_blocks)]
+    blocks = {i: dit.block(i) for i in range(dit.num_blocks) if dit.block(i) is not None}
     dit.block_source = BlockStreamer(blocks, device)
     # move only the non-block parts; Module.to would pull the host-resident blocks onto the device too
     for name, child in dit.named_children():

@@ -36,13 +36,12 @@ SEGMENTS = (1, 2, 3, 4, 5, 6, 8, 11, 16, 23, 30)
 
 @pytest.mark.parametrize("world", range(1, 17))
 def test_every_layout_completes_under_nccl_rules(world):
-    """Every layout of `world` ranks (each grouping of the stages, each replica count, CFG pairs where
-    the last group allows them; a multi-node run maps the same rank list onto hosts) x segment counts x
-    both seam modes (scripts/verify_protocol.py sweeps every count 1..30 and prints the coverage table)."""
-    topologies = every_topology(world)
-    assert topologies
-    for topo in topologies:
-        for n in (range(1, 31) if world <= 4 else SEGMENTS):
+    """Every layout of `world` ranks (each grouping of the stages, each replica count, CFG pairs and
+    layer splits where the last group allows them; a multi-node run maps the same rank list onto
+    hosts) x segment counts x both seam modes (scripts/verify_protocol.py sweeps every count 1..30 and prints the coverage table)."""
+    assert every_topology(world)
+    for n in (range(1, 31) if world <= 4 else SEGMENTS):
+        for topo in every_topology(world, n):
             for seam in ("joint", "crossfade"):
                 verify(*job(topo, n, seam))
 
