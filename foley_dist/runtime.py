@@ -221,15 +221,17 @@ def run(cfg: RunConfig, jobs: list[Job], journal: Path | None = None,
     rec = Recorder(env.rank, list(names), env.device)
     resumed = sum(len(v) for v in done.values())
     schedule = build_schedule(topo, len(items))[env.rank]
-    mine = sum(a.span for a in schedule if a.kind == "compute")
+    role = split_role(topo, env.rank, spec, cfg.segment_seconds)
+    mine = sum(len(a.items) for a in schedule if a.kind == "compute")
     log(env.rank, f"{'+'.join(names)} on {env.device} ({env.backend}, world {env.world_size}); model '{spec.name}'; "
                   f"this rank runs {mine} of {len(items)} segment(s)" + (f", {resumed} already finished" if resumed else "")
-                  + (f"; DiT {memory.name}" if memory != MemoryOption() else ""))
+                  + (f"; DiT {memory.name}" if memory != MemoryOption() else "")
+                  + (f"; DiT blocks [{role.start}, {role.stop}) of {spec.dit.depth_triple_blocks + spec.dit.depth_single_blocks}"
+                     if role is not None else ""))
     link = open_link(topo, item_plans(cfg, topo, items, spec.latent_rate), costs, env, cfg.hardware.timeout_s,
                      cfg.hardware.max_inflight)
     with rec.span("build", "setup", -1):
-        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory,
-                              split_role(topo, env.rank, spec, cfg.segment_seconds))
+        stages = build_stages(names, cfg, spec, env.device, {} if parts_cache is None else parts_cache, memory, role)
     if "vision" in names:  # its frame preparation decodes the next segment of this rank's order ahead
         stages[names.index("vision")].upcoming([items[a.item].meta for a in schedule if a.kind == "compute"])
     links = step_channel(topo, link, env.rank) if link is not None else None

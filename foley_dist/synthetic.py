@@ -16,6 +16,7 @@ through every stage.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -27,9 +28,10 @@ from foley_dist.engine import transport
 from foley_dist.engine.message import Message
 from foley_dist.engine.metrics import RankStats, Recorder
 from foley_dist.engine.pipeline import execute, open_link, step_channel
-from foley_dist.engine.protocol import ItemPlan
+from foley_dist.engine.protocol import ItemPlan, window_order
 from foley_dist.engine.schedule import Topology, build_schedule
-from foley_dist.models.flow import sample
+from foley_dist.models.flow import euler_step, flow_schedule, guided, sample
+from foley_dist.models.split import SplitRole, pack, run_window, unpack
 from foley_dist.models.joint import (
     LocalChannel,
     StepChannel,
@@ -82,14 +84,51 @@ class SyntheticSampler(nn.Module):
     """Diffusion at a fixed cost per sampling step that runs the real sampler loop on real-size latents
     ([1, 128, 50 per second]), so joint overlaps and CFG-parallel velocities cross ranks exactly as in a
     real run. Each CFG branch costs `step_seconds / 2` (the two branches of a step cost the same); the
-    velocity is -x, so the latents stay finite and depend on every exchanged value."""
+    velocity is -x, so the latents stay finite and depend on every exchanged value. With `split` set
+    (layout 'diffusion/N') each member costs step_seconds / N per step and hands on an XXL-size hidden
+    state (`hidden`, fp32; default HIDDEN), so the latents equal the unsplit run's."""
 
     name = "diffusion"
 
-    def __init__(self, steps: int, step_seconds: float, seam: str, cfg_split: bool, device: torch.device):
+    def __init__(self, steps: int, step_seconds: float, seam: str, cfg_split: bool, device: torch.device,
+                 hidden: tuple[int, ...] | None = None):
         super().__init__()
         self.steps, self.branch_seconds, self.seam, self.cfg_split, self.device = steps, step_seconds / 2, seam, cfg_split, device
+        self.hidden = hidden or HIDDEN
         self.channel: StepChannel = LocalChannel()
+        self.split: SplitRole | None = None
+
+    @property
+    def windowed(self) -> bool:
+        return self.split is not None
+
+    def forward_window(self, msgs: list[Message]) -> list[Message]:
+        works = []
+        for msg in msgs:
+            span, noise, exchange, head = self._start(msg)
+            if self.split.first:
+                self.channel.open(msg.segment, self.steps, (1, LATENT_DIM, head) if head else None, None)
+            finish = (lambda m: lambda x: self._result(m, x))(msg)
+            works.append(SyntheticSplitWork(self.steps, noise, exchange or (lambda step, x: x), finish, self.split,
+                                            2 * self.branch_seconds / self.split.count, self.hidden))
+        order = window_order([w.steps for w in works], self.split.first)
+        results = run_window(works, [m.segment for m in msgs], order, self.split, self.channel)
+        return [m if r is None else r for r, m in zip(results, msgs)]
+
+    def _start(self, msg: Message):
+        """(latent span, noise, joint exchange or None, head frames) of the item."""
+        span = (round(msg.meta["start"] * LATENT_RATE), round((msg.meta["end"] - msg.meta["start"]) * LATENT_RATE))
+        noise = timeline_noise(msg.meta["seed"], *span, LATENT_DIM).to(self.device)
+        if self.seam != "joint":
+            return span, noise, None, 0
+        latent = lambda se: (round(se[0] * LATENT_RATE), round((se[1] - se[0]) * LATENT_RATE)) if se else None
+        exchange, head, _ = overlap_exchange(self.channel, msg.segment, span, latent(msg.meta.get("joint_prev")),
+                                             latent(msg.meta.get("joint_next")))
+        return span, noise, exchange, head
+
+    def _result(self, msg: Message, latents: torch.Tensor) -> Message:
+        audio = torch.full(OUTPUTS["diffusion"]["audio"], _value(msg) + 1, dtype=torch.float32, device=self.device)
+        return Message(msg.segment, {"audio": audio, "latents": latents[0]}, msg.meta)
 
     def _branch(self, x: torch.Tensor, t: torch.Tensor, branch: int | None = None) -> torch.Tensor:
         deadline = time.perf_counter() + self.branch_seconds * (2 if branch is None else 1)
@@ -98,14 +137,9 @@ class SyntheticSampler(nn.Module):
         return v
 
     def forward(self, msg: Message) -> Message:
-        value = _value(msg) + 1
-        span = (round(msg.meta["start"] * LATENT_RATE), round((msg.meta["end"] - msg.meta["start"]) * LATENT_RATE))
-        noise = timeline_noise(msg.meta["seed"], *span, LATENT_DIM).to(self.device)
-        exchange, head = None, 0
-        if self.seam == "joint":
-            latent = lambda se: (round(se[0] * LATENT_RATE), round((se[1] - se[0]) * LATENT_RATE)) if se else None
-            exchange, head, _ = overlap_exchange(self.channel, msg.segment, span, latent(msg.meta.get("joint_prev")),
-                                                 latent(msg.meta.get("joint_next")))
+        if self.split is not None:
+            return self.forward_window([msg])[0]
+        span, noise, exchange, head = self._start(msg)
         parallel = self.channel.branch is not None
         self.channel.open(msg.segment, self.steps, (1, LATENT_DIM, head) if head else None,
                           (1, LATENT_DIM, span[1]) if parallel else None)
@@ -115,16 +149,71 @@ class SyntheticSampler(nn.Module):
         latents = sample(velocity, noise, self.steps, GUIDANCE, exchange=exchange)
         if parallel and self.channel.branch == 0:
             return Message(msg.segment, {}, msg.meta)
-        audio = torch.full(OUTPUTS["diffusion"]["audio"], value, dtype=torch.float32, device=self.device)
-        return Message(msg.segment, {"audio": audio, "latents": latents[0]}, msg.meta)
+        return self._result(msg, latents)
+
+
+HIDDEN = (2, 250, 1536)  # the XXL DiT's audio stream for a 5 s segment with CFG: what a layer split hands on
+
+
+@dataclass
+class SyntheticSplitWork:
+    """A synthetic item on a split pipeline's member (models/split.py's ItemWork): each step of a
+    member costs `seconds`; the latents ride along with an XXL-size hidden state and the last member
+    takes the Euler step with velocity -x (guidance of equal branches is the identity), as the
+    unsplit SyntheticSampler does, so the final latents are the same bits."""
+
+    steps: int
+    noise: torch.Tensor
+    exchange: Callable[[int, torch.Tensor], torch.Tensor]
+    finish: Callable[[torch.Tensor], Message]
+    role: SplitRole
+    seconds: float
+    hidden_shape: tuple[int, ...] = HIDDEN
+
+    def __post_init__(self) -> None:
+        self.sigmas = flow_schedule(self.steps)[1].to(self.noise.device)
+        self.hidden = torch.zeros(self.hidden_shape, device=self.noise.device)
+        self.numel_in = self.noise.numel() if self.role.first else len(self._shapes()) + sum(
+            torch.Size(s).numel() for s in self._shapes())
+
+    def _shapes(self) -> list[tuple[int, ...]]:
+        return [self.hidden_shape, tuple(self.noise.shape)]
+
+    def _timed(self, fn: Callable[[], torch.Tensor]) -> torch.Tensor:
+        deadline = time.perf_counter() + self.seconds
+        out = fn()
+        time.sleep(max(0.0, deadline - time.perf_counter()))
+        return out
+
+    def start(self) -> torch.Tensor:
+        return self.noise.float()
+
+    def latents(self, flat: torch.Tensor) -> torch.Tensor:
+        return flat.view(self.noise.shape)
+
+    def head(self, step: int, x: torch.Tensor) -> torch.Tensor:
+        return self._timed(lambda: pack([self.hidden, x]))
+
+    def middle(self, step: int, flat: torch.Tensor) -> torch.Tensor:
+        return self._timed(lambda: flat)
+
+    def tail(self, step: int, flat: torch.Tensor) -> torch.Tensor:
+        x = unpack(flat, self._shapes(), [torch.float32, torch.float32])[1]
+        v = guided(torch.cat([-x, -x]), GUIDANCE)
+        return self._timed(lambda: euler_step(x, v, self.sigmas[step], self.sigmas[step + 1]).reshape(-1))
 
 
 def build_stages(names: tuple[str, ...], costs: dict[str, float], device: torch.device = torch.device("cpu"),
-                 scale: float = 1.0, steps: int = 0, seam: str = "crossfade", cfg_split: bool = False) -> list[nn.Module]:
+                 scale: float = 1.0, steps: int = 0, seam: str = "crossfade", cfg_split: bool = False,
+                 split: SplitRole | None = None, hidden: tuple[int, ...] | None = None) -> list[nn.Module]:
     """Stages for one rank; `scale` > 1 makes this rank slower (e.g. one slow replica). With `steps`,
-    diffusion is a SyntheticSampler and costs["diffusion"] is its cost per step (both CFG branches)."""
-    return [SyntheticSampler(steps, costs[n] * scale, seam, cfg_split, device) if n == "diffusion" and steps
-            else SyntheticStage(n, costs[n] * scale, device) for n in names]
+    diffusion is a SyntheticSampler and costs["diffusion"] is its cost per step (both CFG branches);
+    `split`: its place in a layer split, handing on `hidden`-shaped states."""
+    stages = [SyntheticSampler(steps, costs[n] * scale, seam, cfg_split, device, hidden) if n == "diffusion" and steps
+              else SyntheticStage(n, costs[n] * scale, device) for n in names]
+    if split is not None:
+        stages[names.index("diffusion")].split = split
+    return stages
 
 
 def work_items(num_items: int, joint: bool = False) -> list[Message]:
@@ -176,7 +265,8 @@ class RankResult:
 
 
 def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: dict[int, float] | None = None,
-             max_inflight: int = 2, timeout_s: float = 60.0, steps: int = 0, seam: str = "crossfade", cfg_parallel: bool = False) -> RankResult:
+             max_inflight: int = 2, timeout_s: float = 60.0, steps: int = 0, seam: str = "crossfade", cfg_parallel: bool = False,
+             hidden: tuple[int, ...] | None = None) -> RankResult:
     """Run the synthetic pipeline on this rank (env from torchrun or tests.distributed.ranks).
 
     Uses pipeline.execute and the Link with the production schedule and protocol; only the stages are
@@ -185,10 +275,14 @@ def run_rank(layout: list[str], costs: dict[str, float], num_items: int, slow: d
     StepLinks. The clock starts after a barrier, so process start-up and rendezvous are not measured.
     """
     env = transport.detect_env("cpu")
-    topo = Topology.parse(layout, env.world_size, cfg_parallel and env.world_size > 1)
+    topo = Topology.parse(layout, env.world_size, cfg_parallel and env.world_size > 1, num_items)
     transport.init(env, timeout_s)
     names = topo.stages_of(env.rank)
-    stages = build_stages(names, costs, env.device, (slow or {}).get(env.rank, 1.0), steps, seam, cfg_parallel)
+    role = topo.split_role(env.rank)
+    if role is not None and not steps:
+        raise ValueError("a synthetic layer split samples step by step: pass steps")
+    stages = build_stages(names, costs, env.device, (slow or {}).get(env.rank, 1.0), steps, seam, cfg_parallel,
+                          SplitRole(*role, 0, 0) if role is not None else None, hidden)
     items = work_items(num_items, joint=seam == "joint")
     per_segment = {**costs, "diffusion": costs["diffusion"] * steps} if steps else costs  # the protocol's cost model
     link = open_link(topo, item_plans(items, topo, steps, seam), per_segment, env, timeout_s, max_inflight)

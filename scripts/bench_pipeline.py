@@ -23,6 +23,12 @@ Parts (--parts):
      ideal_s = the same mode's single-rank (K = 1) time / K; every row under strict point-to-point
      mode (NCCL's rules) and on plain gloo (--lv-p2p). Also the one-way time of a per-step message
      (Link ping-pong) against the step cost.
+  6  the layer split ("layer_split" rows): part 5's job (seam=joint, --lv-steps steps at --split-step-s per
+     segment-step) with the DiT split over n = --split-ranks ranks in K = --split-pipelines pipelines
+     (layout [vision+fusion, 'diffusion/n xK']): each member costs step / n per step and hands an
+     XXL-size hidden state ([2, 250, 1536] fp32, 3 MB) to the next every step. Efficiency is against the
+     same job on one diffusion rank, measured in the same run: single-rank time / (n x K). The final
+     latents are checked equal to the single-rank run's. Under --lv-p2p's first mode.
 
 The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
 """
@@ -357,20 +363,54 @@ def part_transport(args) -> list[dict]:
 
 # --- part 5: one long video ---------------------------------------------------------------------
 
-def _long_video_rank(layout, costs, m, steps, seam, cfg):
-    return synthetic.run_rank(layout, costs, m, None, 2, 120.0, steps, seam, cfg)
+def _long_video_rank(layout, costs, m, steps, seam, cfg, hidden=None):
+    return synthetic.run_rank(layout, costs, m, None, 2, 120.0, steps, seam, cfg, hidden)
 
 
-def run_long_video(k: int, seam: str, cfg: bool, costs: dict[str, float], m: int, steps: int) -> dict:
+def run_long_video(k: int, seam: str, cfg: bool, costs: dict[str, float], m: int, steps: int, split: int = 1,
+                   hidden: tuple[int, ...] | None = None) -> dict:
     ranks = 2 * k if cfg else k
-    layout = ["vision+fusion", f"diffusion x{ranks}"]
-    res = launch(_long_video_rank, ranks + 1, layout, costs, m, steps, seam, cfg)
+    entry = f"diffusion/{split}" + (f" x{k}" if k > 1 else "") if split > 1 else f"diffusion x{ranks}"
+    layout = ["vision+fusion", entry]
+    ranks *= split
+    res = launch(_long_video_rank, ranks + 1, layout, costs, m, steps, seam, cfg, hidden)
     received = res[-1].received
     if received != [(n, synthetic.expected_audio_value(n), True) for n in range(m)]:
         raise RuntimeError(f"{layout}: sink received wrong items: {received}")
     measured = max(r.end_unix for r in res) - min(r.start_unix for r in res)
     return {"part": "long_video", "seam": seam, "diffusion_ranks": ranks, "segment_owners": k, "cfg_parallel": cfg,
-            "segments": m, "steps": steps, "step_s": costs["diffusion"], "measured_s": measured}
+            "split": split, "segments": m, "steps": steps, "step_s": costs["diffusion"], "measured_s": measured,
+            "latents": res[-1].latents}
+
+
+def part_layer_split(args) -> list[dict]:
+    """Part 6: the long video with the DiT split over n ranks x K pipelines, against one diffusion rank."""
+    costs = {"vision": args.lv_vision_s, "fusion": args.lv_fusion_s, "diffusion": args.split_step_s}
+    os.environ["FOLEY_DIST_STRICT_P2P"] = "1" if args.lv_p2p[0] == "strict" else "0"
+    rows, base = [], None
+    for n, k in [(1, 1)] + [(n, k) for n in args.split_ranks for k in args.split_pipelines]:
+        runs = [run_long_video(k, "joint", False, costs, args.lv_segments, args.lv_steps, n, args.split_hidden)
+                for _ in range(args.lv_repeats)]
+        latents = runs[0].pop("latents")
+        base = base or (statistics.median(r["measured_s"] for r in runs), latents)
+        same = all(bool((latents[i] == base[1][i]).all()) for i in base[1]) and latents.keys() == base[1].keys()
+        row = {**runs[0], "part": "layer_split", "p2p": args.lv_p2p[0], "split": n, "pipelines": k, "step_s": args.split_step_s,
+               "hidden": list(args.split_hidden),
+               "measured_s": statistics.median(r["measured_s"] for r in runs),
+               "runs_s": [round(r["measured_s"], 3) for r in runs], "latents_equal_single_rank": same}
+        row.pop("latents", None)
+        row["ideal_s"] = base[0] / (n * k)
+        row["efficiency"] = row["ideal_s"] / row["measured_s"]
+        rows.append(row)
+        print(f"  split {n} x {k}: {row['measured_s']:.2f} s (efficiency {row['efficiency']:.2f}, latents equal: {same})",
+              flush=True)
+    benchio.emit(rows, [("p2p", "p2p"), ("step s", "step_s"), ("hidden state", lambda r: "x".join(map(str, r["hidden"]))), ("ranks per pipeline (n)", "split"), ("pipelines (K)", "pipelines"),
+                        ("diffusion ranks", "diffusion_ranks"),
+                        ("measured s (runs)", lambda r: f"{r['measured_s']:.2f} ({' / '.join(f'{t:.2f}' for t in r['runs_s'])})"),
+                        ("ideal s", "ideal_s"), ("efficiency", "efficiency"),
+                        ("latents = 1 rank", lambda r: "yes" if r["latents_equal_single_rank"] else "NO")],
+                 title="Part 6: the DiT's blocks split over ranks (seam=joint)")
+    return rows
 
 
 def _step_pingpong(reps: int, shapes: list[tuple[int, ...]]) -> list[dict]:
@@ -425,6 +465,8 @@ def part_long_video(args) -> tuple[list[dict], list[dict]]:
             for k, cfg in [(k, False) for k in args.lv_ranks] + ([(1, True)] if seam == "joint" else []):
                 runs = [run_long_video(k, seam, cfg, costs, args.lv_segments, args.lv_steps)
                         for _ in range(args.lv_repeats)]
+                for r in runs:
+                    del r["latents"]
                 row = {**runs[0], "p2p": mode, "measured_s": statistics.median(r["measured_s"] for r in runs),
                        "runs_s": [round(r["measured_s"], 3) for r in runs]}
                 if base is None:
@@ -492,6 +534,15 @@ def main() -> None:
     p.add_argument("--lv-repeats", type=int, default=3, help="part 5: runs per row; measured_s is their median")
     p.add_argument("--lv-p2p", default="strict,gloo", type=lambda s: s.split(","),
                    help="part 5: point-to-point modes (strict = NCCL's rules enforced on gloo)")
+    p.add_argument("--split-ranks", default="2,4", type=lambda s: [int(x) for x in s.split(",")],
+                   help="part 6: ranks per split pipeline (n)")
+    p.add_argument("--split-pipelines", default="1,2", type=lambda s: [int(x) for x in s.split(",")],
+                   help="part 6: split pipelines (K)")
+    p.add_argument("--split-step-s", type=float, default=0.077,
+                   help="part 6: seconds per segment-step on one rank (default: XXL on a 50 TFLOPS workstation GPU, "
+                        "the planner's estimate for the 8-16 GB cards a split is for)")
+    p.add_argument("--split-hidden", default=synthetic.HIDDEN, type=lambda s: tuple(int(x) for x in s.split(",")),
+                   help="part 6: shape of the hidden state handed on per step (fp32; default XXL's [2, 250, 1536])")
     args = p.parse_args()
 
     result: dict = {"host": {"cpus": os.cpu_count(), "torch": torch.__version__, "loadavg_start": os.getloadavg()},
@@ -514,6 +565,8 @@ def main() -> None:
         lv, msgs = part_long_video(args)
         result["runs"] += lv
         result["step_messages"] = msgs
+    if 6 in args.parts:
+        result["runs"] += part_layer_split(args)
     runs = [r for r in result["runs"] if isinstance(r.get("part"), int)]
     if runs:
         benchio.emit(runs, RUN_COLUMNS, title="Parts 1-3: pipeline runs")

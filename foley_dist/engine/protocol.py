@@ -162,7 +162,7 @@ def split_peers(topo: Topology, rank: int) -> tuple[int, int]:
     return first + (position - 1) % count, first + (position + 1) % count
 
 
-def _window_events(topo: Topology, items: Sequence[ItemPlan], window: range, rank: int, cost: float) -> list[Event]:
+def _window_events(topo: Topology, items: Sequence[ItemPlan], window: Sequence[int], rank: int, cost: float) -> list[Event]:
     """A split pipeline member's events for a window (models/split.py runs exactly this order).
     Per item and step: member j receives ("split", item, step) from j-1 and sends it to j+1; the last
     sends the step's latents back to the first, which receives them before the item's next step and

@@ -3,8 +3,8 @@
 A layout is data: one entry per rank naming the stages it hosts (`vision+fusion`), with `x k` to
 replicate an entry over k ranks (`diffusion x3`). `diffusion/n` splits the DiT's blocks over n ranks
 (one split pipeline; `diffusion/n xk`: k of them). Consecutive ranks hosting the same stages form a
-replica group; segment n is handled by replica n % k of each group (a split group hands its
-pipelines windows of n consecutive segments, which they sample interleaved), so every rank can
+replica group; segment n is handled by replica n % k of each group (a split group's pipelines
+take windows of segments dealt round-robin, which they sample interleaved), so every rank can
 derive the whole schedule — who sends what to whom, in which order — without talking to the
 others. The sink (stitching and writing) lives on the last rank. Everything here is plain data, testable without a
 process group, and printable as a rank-by-step grid.
@@ -39,17 +39,21 @@ class Group:
 
     def members(self, item: int) -> tuple[int, ...]:
         """The ranks that compute `item`: its owner, or its split pipeline (the owner first)."""
-        first = (item // self.window_size) % self.pipelines * self.split
+        first = item % self.pipelines * self.split
         return self.ranks[first : first + self.split]
 
     def owner(self, item: int) -> int:
         """Receives the item, sends its result on (a split pipeline's first rank)."""
         return self.members(item)[0]
 
-    def window(self, item: int, num_items: int) -> range:
-        """The items a split pipeline samples together with `item` (interleaved step by step)."""
-        start = item - item % self.window_size
-        return range(start, min(start + self.window_size, num_items))
+    def window(self, item: int, num_items: int) -> tuple[int, ...]:
+        """The items a split pipeline samples together with `item` (interleaved step by step): items
+        are dealt to the pipelines round-robin, `window_size` per pipeline and round, so the K
+        pipelines' windows of a round hold neighbouring segments side by side and the joint
+        wavefront runs through all of them at once."""
+        per_round = self.window_size * self.pipelines
+        start = item - item % per_round + item % self.pipelines
+        return tuple(range(start, min(start - start % per_round + per_round, num_items), self.pipelines))
 
     def partner(self, item: int) -> int | None:
         return self.partners[item % len(self.ranks)] if self.partners else None
@@ -187,16 +191,15 @@ class Action:
     kind: str
     item: int
     peer: int | None = None
-    span: int = 1  # compute: items item .. item + span - 1 together (a split pipeline's window)
+    window: tuple[int, ...] = ()  # compute: these items together (a split pipeline's window), `item` first
 
     @property
-    def items(self) -> range:
-        return range(self.item, self.item + self.span)
+    def items(self) -> tuple[int, ...]:
+        return self.window or (self.item,)
 
     def __str__(self) -> str:
         sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+", "fork": "^", "drop": "x"}[self.kind]
-        last = f"-{self.item + self.span - 1}" if self.span > 1 else ""
-        return f"{sym}{self.item}{last}" + (f"@{self.peer}" if self.peer is not None else "")
+        return f"{sym}{','.join(map(str, self.items))}" + (f"@{self.peer}" if self.peer is not None else "")
 
 
 def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
@@ -237,7 +240,7 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
                 pending = []
             else:
                 prog[me] += work
-        if topo.groups[last].owner(n) != topo.sink:
+        if topo.groups[last].owner(n) != topo.sink and topo.groups[last].split == 1:
             pending += [Action("recv", n, topo.groups[last].owner(n)), Action("collect", n)]
     prog[topo.sink] += pending
     return prog
@@ -249,21 +252,23 @@ def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int,
     forks the item to every member besides the owner; at the end of n's window every member receives
     the window's items, computes them together, and the owner sends each result to the sink (never a
     split owner) while the others drop theirs. The sink, the last member of the last pipeline, then
-    collects the earlier windows' items. Returns what stays pending for the sink."""
+    collects every item up to the end of its window (so an owner never holds a window of results
+    for long). Returns what stays pending for the sink."""
     group, up = topo.groups[g], topo.groups[g - 1].owner(n)
     members = group.members(n)
     for m in members[1:]:
         prog[up].insert(len(prog[up]) - 1, Action("fork", n, m))  # before its send to the owner
+    pending = pending + [Action("recv", n, members[0]), Action("collect", n)]
     window = group.window(n, num_items)
     if n != window[-1]:
         return pending
     for m in members:
         prog[m] += [Action("recv", i, topo.groups[g - 1].owner(i)) for i in window]
-        prog[m].append(Action("compute", window.start, span=len(window)))
+        prog[m].append(Action("compute", window[0], window=window))
         prog[m] += [Action("send", i, topo.sink) if m == members[0] else Action("drop", i) for i in window]
-    if topo.sink in members:
-        prog[topo.sink] += [a for a in pending if a.item < window.start]
-        pending = [a for a in pending if a.item >= window.start]
+    if topo.sink in members:  # its window's results come in as the owner decodes them: take them at once
+        prog[topo.sink] += pending
+        pending = []
     return pending
 
 

@@ -262,9 +262,11 @@ class Link:
         self._wait(pos)
         return self._received.pop(pos)
 
-    def send_step(self, tag: tuple, tensor: torch.Tensor, dst: int) -> None:
+    def send_step(self, tag: tuple, tensor: torch.Tensor, dst: int, owned: bool = False) -> None:
+        """`owned`: the caller hands the tensor over (never touches it again), so it is sent without a copy
+        if it is already a contiguous fp32 tensor on the device (a layer split's multi-MB hidden states)."""
         pos = self._find("send", tag, dst)
-        buf = tensor.detach().to(self.device, torch.float32, copy=True).contiguous()
+        buf = tensor.detach().to(self.device, torch.float32, copy=not owned).contiguous()
         group = self._groups[protocol.step_group(self.rank, dst)]
         self._ready[pos] = lambda: [dist.isend(buf, dst, group=group)]
         self._advance()
@@ -441,7 +443,7 @@ class StepLinks:
         return self.link.recv_step(("split", item, step), self.ring[0])
 
     def send_split(self, item: int, step: int, flat: torch.Tensor) -> None:
-        self.link.send_step(("split", item, step), flat, self.ring[1])
+        self.link.send_step(("split", item, step), flat, self.ring[1], owned=True)
 
     @property
     def held(self) -> int:

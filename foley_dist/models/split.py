@@ -39,7 +39,7 @@ class SplitChannel(Protocol):
 
     def recv_split(self, item: int, step: int) -> Tensor: ...
 
-    def send_split(self, item: int, step: int, flat: Tensor) -> None: ...
+    def send_split(self, item: int, step: int, flat: Tensor) -> None: ...  # takes `flat` over: not touched again
 
 
 class ItemWork(Protocol):

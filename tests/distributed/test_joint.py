@@ -40,7 +40,8 @@ def _sampled(world: int, layout: list[str], cfg_parallel: bool = False) -> dict[
 def test_synthetic_joint_sampling_is_layout_independent():
     single = _sampled(1, ["vision+fusion+diffusion"])
     assert np.array_equal(single[0][:, -50:], single[1][:, :50])  # the overlap is one signal
-    for world, layout, cfg in [(4, ["vision+fusion", "diffusion x3"], False), (5, ["vision+fusion", "diffusion x4"], True)]:
+    for world, layout, cfg in [(4, ["vision+fusion", "diffusion x3"], False), (5, ["vision+fusion", "diffusion x4"], True),
+                               (5, ["vision+fusion", "diffusion/2 x2"], False), (4, ["vision+fusion", "diffusion/3"], False)]:
         got = _sampled(world, layout, cfg)
         assert all(np.array_equal(got[n], single[n]) for n in range(7)), (layout, cfg)
 
@@ -131,6 +132,8 @@ def test_cfg_split_is_the_batched_run_within_1e5(single):
     (4, "[vision+fusion,diffusion x3]", False),
     (5, "[vision+fusion,diffusion x4]", False),
     (5, "[vision+fusion,diffusion x4]", True),  # two CFG pairs
+    (3, "[vision+fusion,diffusion/2]", False),  # the DiT's blocks split over two ranks
+    (5, "[vision+fusion,diffusion/2 x2]", False),  # two split pipelines: windows dealt round-robin
 ])
 def test_joint_layouts_bit_identical_to_single_process(single, clip17, tmp_path, nproc, layout, cfg):
     out = tmp_path / "out.wav"
