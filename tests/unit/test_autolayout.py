@@ -2,7 +2,7 @@
 
 import pytest
 
-from foley_dist.engine.autolayout import candidate_layouts, choose_layout, period, predict_makespan
+from foley_dist.engine.autolayout import ScheduleDeadlock, candidate_layouts, choose_layout, period, predict_makespan
 from foley_dist.engine.schedule import Topology
 from foley_dist.errors import FoleyError
 
@@ -75,3 +75,28 @@ def test_nothing_fits_is_a_clear_error():
         choose_layout(COSTS, 1, 4, MEMORY, CAPACITY)
     with pytest.raises(FoleyError, match="each of vision, fusion, diffusion"):
         choose_layout({"vision": 1.0}, 3, 4)
+
+
+def test_a_split_pipeline_costs_its_share_per_window_item():
+    # rank 0 delivers items 0 and 1 at 0.135 and 0.27; both members sample the window together,
+    # each 2 items x 0.6 / 2, then the owner hands both to the sink (the second member)
+    assert predict_makespan(["vision+fusion", "diffusion/2"], COSTS, 2, 3) == pytest.approx(0.27 + 0.6)
+    assert predict_makespan(["vision+fusion", "diffusion/2"], COSTS, 3, 3) == pytest.approx(0.87 + 0.3)  # a window of 1
+    # once filled, two pipelines of two ranks keep the pace of four replicas
+    assert predict_makespan(["vision+fusion", "diffusion/2 x2"], COSTS, 24, 5) == pytest.approx(
+        predict_makespan(["vision+fusion", "diffusion x4"], COSTS, 24, 5))
+
+
+def test_split_candidates_keep_diffusion_alone_and_last():
+    assert candidate_layouts(5, split=2) == [["vision+fusion", "diffusion/2 x2"], ["vision+fusion x3", "diffusion/2"],
+                                             ["vision", "fusion x2", "diffusion/2"], ["vision x2", "fusion", "diffusion/2"]]
+    assert choose_layout(COSTS, 5, 24, split=2) == ["vision+fusion", "diffusion/2 x2"]
+
+
+def test_layouts_whose_schedule_deadlocks_are_not_chosen():
+    # a window of 3 results for the sink, which collects them after its next window: more than
+    # max_inflight=2 sends wait, and the owner stops taking new items
+    with pytest.raises(ScheduleDeadlock):
+        predict_makespan(["vision+fusion", "diffusion/3"], COSTS, 12, 4)
+    with pytest.raises(FoleyError, match="deadlocks with max_inflight=2"):
+        choose_layout(COSTS, 4, 12, split=3)
