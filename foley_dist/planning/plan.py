@@ -144,10 +144,14 @@ def rank_rows(topo: Topology, rank_bytes: Callable[[tuple[str, ...], int], int],
     """GPU bytes per rank group, of a split group per position in its pipelines (the positions hold
     different blocks): the stages (`rank_bytes(stages, position)`), and NCCL buffers for the
     best-connected rank's links."""
-    links = nccl_links(topo, segments)
-    return [{"ranks": list(g.ranks[j :: g.split]), "stages": list(g.stages), "position": j if g.split > 1 else None,
-             "gpu_bytes": rank_bytes(g.stages, j) + max(links[r] for r in g.ranks[j :: g.split] + g.partners) * NCCL_PEER_BYTES}
-            for g in topo.groups for j in range(g.split)]
+    links, rows = nccl_links(topo, segments), []
+    for g in topo.groups:
+        for j in range(g.split):
+            ranks = g.ranks[j :: g.split]
+            peers = max(links[r] for r in ranks + g.partners)
+            rows.append({"ranks": list(ranks), "stages": list(g.stages), "position": j if g.split > 1 else None,
+                         "gpu_bytes": rank_bytes(g.stages, j) + peers * NCCL_PEER_BYTES})
+    return rows
 
 
 def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...], int], int], precision: str,
@@ -287,9 +291,10 @@ class OptionPlan:
             if too_big:
                 s = too_big[0]
                 hint = "precision=bf16, " if precision == "fp32" else ""
+                per_rank = " per split rank" if s == "diffusion" and option.split > 1 else ""
                 raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs "
-                                 f"{est[s].gpu_bytes() / 1e9:.1f} GB" + (" per split rank" if s == "diffusion" and option.split > 1 else "")
-                                 + f" but gpu_memory={cfg.gpu_memory}; use {hint}GPUs with more memory or a smaller model")
+                                 f"{est[s].gpu_bytes() / 1e9:.1f} GB{per_rank} but gpu_memory={cfg.gpu_memory}; use "
+                                 f"{hint}GPUs with more memory or a smaller model")
             plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget, costs, option.split)
             plan.time_s = predict_makespan(plan.layout, costs, segments, cfg.gpus) / segments
         except DoesNotFit as e:
