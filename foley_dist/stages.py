@@ -16,6 +16,7 @@ sink writes them per segment (the reproduction interface, README "Reproducing th
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import asdict
 from pathlib import Path
 from typing import Iterator
@@ -354,7 +355,7 @@ class DiffusionStage(nn.Module):
     @torch.inference_mode()
     def forward(self, msg: Message) -> Message:
         if self.split is not None:
-            return self.forward_window([msg])[0]
+            return self.forward_window([msg], [lambda: msg])[0]
         span, noise, cond, steps, guidance_scale = self._prepare(msg)
         use_cfg = guidance_scale > 1
         parallel = use_cfg and self.channel.branch is not None
@@ -391,12 +392,19 @@ class DiffusionStage(nn.Module):
         return Message(msg.segment, out, msg.meta)
 
     @torch.inference_mode()
-    def forward_window(self, msgs: list[Message]) -> list[Message]:
-        """A split pipeline member's part of a window (models/split.py): the first member returns the
-        items' audio, the others their messages unchanged (the schedule drops them)."""
-        works = [self._split_work(m) for m in msgs]
-        order = window_order([w.steps for w in works], self.split.first)
-        results = run_window(works, [m.segment for m in msgs], order, self.split, self.channel)
+    def forward_window(self, items: list[Message], take: list[Callable[[], Message]]) -> list[Message]:
+        """A split pipeline member's part of a window (models/split.py) of work `items`, whose
+        messages `take` delivers as each enters: the first member returns the items' audio, the
+        others their messages unchanged (the schedule drops them)."""
+        msgs: list[Message | None] = [None] * len(items)
+
+        def start(k: int) -> ItemWork:
+            msgs[k] = take[k]()
+            return self._split_work(msgs[k])
+
+        steps = [m.meta.get("model.steps", self.steps) for m in items]  # known before the messages come
+        order = window_order(steps, self.split.first)
+        results = run_window(start, [m.segment for m in items], order, self.split, self.channel)
         return [m if r is None else r for r, m in zip(results, msgs)]
 
     def _split_work(self, msg: Message) -> ItemWork:

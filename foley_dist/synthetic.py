@@ -102,17 +102,19 @@ class SyntheticSampler(nn.Module):
     def windowed(self) -> bool:
         return self.split is not None
 
-    def forward_window(self, msgs: list[Message]) -> list[Message]:
-        works = []
-        for msg in msgs:
+    def forward_window(self, items: list[Message], take: list[Callable[[], Message]]) -> list[Message]:
+        msgs: list[Message | None] = [None] * len(items)
+
+        def start(k: int) -> SyntheticSplitWork:
+            msg = msgs[k] = take[k]()
             span, noise, exchange, head = self._start(msg)
             if self.split.first:
                 self.channel.open(msg.segment, self.steps, (1, LATENT_DIM, head) if head else None, None)
-            finish = (lambda m: lambda x: self._result(m, x))(msg)
-            works.append(SyntheticSplitWork(self.steps, noise, exchange or (lambda step, x: x), finish, self.split,
-                                            2 * self.branch_seconds / self.split.count, self.hidden))
-        order = window_order([w.steps for w in works], self.split.first)
-        results = run_window(works, [m.segment for m in msgs], order, self.split, self.channel)
+            return SyntheticSplitWork(self.steps, noise, exchange or (lambda step, x: x), lambda x: self._result(msg, x),
+                                      self.split, 2 * self.branch_seconds / self.split.count, self.hidden)
+
+        order = window_order([self.steps] * len(items), self.split.first)
+        results = run_window(start, [m.segment for m in items], order, self.split, self.channel)
         return [m if r is None else r for r, m in zip(results, msgs)]
 
     def _start(self, msg: Message):
@@ -138,7 +140,7 @@ class SyntheticSampler(nn.Module):
 
     def forward(self, msg: Message) -> Message:
         if self.split is not None:
-            return self.forward_window([msg])[0]
+            return self.forward_window([msg], [lambda: msg])[0]
         span, noise, exchange, head = self._start(msg)
         parallel = self.channel.branch is not None
         self.channel.open(msg.segment, self.steps, (1, LATENT_DIM, head) if head else None,

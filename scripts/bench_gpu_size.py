@@ -2,11 +2,12 @@
 of block ranges and offload, and the offload overhead on this machine.
 
 1. `foley-dist plan` for XL and XXL (1080p, 60 s) over 1x8, 2x8, 4x8, 1x12, 1x16, 1x24 and 8x80 GB:
-   each memory option's fit, largest rank and time per segment relative to plain (the planner's
-   time model: an estimate until measured on hardware), and the option it chooses.
-2. Per-rank DiT weight bytes (bf16) under each option, exact counts from the configs. A layer split
-   over k ranks (contiguous block ranges balanced by bytes) is listed for reference; it does not
-   run yet (the engine's per-step messages between split ranks are missing).
+   each memory option's fit, largest rank and the job's time per segment relative to the plain
+   layout (the planner's time model: an estimate until measured on hardware), the fastest layer
+   split that fits, and the option it chooses with its per-rank memory.
+2. Per-rank DiT weight bytes (bf16) under each option, exact counts from the configs: unsplit, and
+   split over N = 2, 4, 8 ranks (block_ranges, balanced by FLOPs; the first rank adds the embedders,
+   the last the final layer, the condition projections stay on the fusion rank), with fp8 and offload.
 3. fp8 error against bf16 weights (relative L2: weights, first velocity, latents, audio) on the
    tiny model and the mid-size random DiT of scripts/bench_api.py.
 4. Block ranges [0, a) + [a, n) and block offload against the plain forward: bit-equal or not.
@@ -31,12 +32,18 @@ from foley_dist.config import ModelConfig
 from foley_dist.errors import DoesNotFit
 from foley_dist.models.dit_memory import dit_bytes, fp8_error
 from foley_dist.models.foley import ModelSpec, build_parts, random_part
+from foley_dist.models.hunyuan_cost import block_ranges
 from foley_dist.models.hunyuan_dit import HunyuanDiTConfig
+from foley_dist.planning.memory_options import MemoryOption, dit_memory
 from foley_dist.planning.plan import PlanConfig, make_plan
 
 GPUS = [(1, 8), (2, 8), (4, 8), (1, 12), (1, 16), (1, 24), (8, 80)]
 OPTIONS = ("plain", "fp8", "offload", "fp8+offload")
 GB = 1e9
+
+
+def _cell(o: dict) -> str:
+    return f"{o['largest_rank_bytes'] / GB:.1f} GB, {o['relative_time']:.2f}x" if o["fits"] else "no"
 
 
 def mid_spec() -> ModelSpec:
@@ -58,46 +65,31 @@ def fit_rows() -> list[dict]:
                 rows.append({**row, "chosen": f"none: {e}"})
                 continue
             options = {o["option"]: o for o in plan["options"]}
-            row.update(chosen=plan["memory_option"]["name"], layout=" ".join(plan["layout"]),
-                       largest_rank_gb=max(r["gpu_bytes"] for r in plan["ranks"]) / GB,
-                       time_vs_plain=options[plan["memory_option"]["name"]]["relative_time"])
-            for name in OPTIONS:
-                o = options[name]
-                row[name] = f"{o['largest_rank_bytes'] / GB:.1f} GB, {o['relative_time']:.2f}x" if o["fits"] else "no"
+            chosen = options[plan["memory_option"]["name"]]
+            splits = [o for o in options.values() if o["option"].startswith("split") and o["fits"]]
+            fastest = min(splits, key=lambda o: o["relative_time"], default=None)
+            row.update(chosen=chosen["option"], layout=" ".join(plan["layout"]),
+                       rank_gb=" / ".join(f"{r['gpu_bytes'] / GB:.1f}" for r in plan["ranks"]),
+                       time_vs_plain=chosen["relative_time"],
+                       split=f"{fastest['option']}: {_cell(fastest)}" if fastest else "-" if gpus < 3 else "no")
+            row.update({name: _cell(options[name]) for name in OPTIONS})
             rows.append(row)
     return rows
 
 
-def split_ranks(blocks: tuple[int, ...], k: int) -> list[range]:
-    """Contiguous ranges of `blocks` over k ranks, each closing once it reaches 1/k of the bytes."""
-    target, ranges, start, acc = sum(blocks) / k, [], 0, 0
-    for i, b in enumerate(blocks):
-        acc += b
-        if acc >= target * (len(ranges) + 1) and len(ranges) < k - 1:
-            ranges.append(range(start, i + 1))
-            start = i + 1
-    return ranges + [range(start, len(blocks))]
-
-
 def weight_rows() -> list[dict]:
+    """Per-rank DiT bytes as the planner counts them (memory_options.dit_memory)."""
     rows = []
     for size in ("xxl", "xl"):
-        cfg = HunyuanDiTConfig.builtin(size)
-        for fp8 in (False, True):
-            b = dit_bytes(cfg, torch.bfloat16, fp8)
-            name = "fp8" if fp8 else "plain"
-            diffusion = b.total  # a diffusion rank builds the whole DiT (its condition projections serve fusion too)
-            rows.append({"model": size, "option": name, "ranks": 1, "device_bytes": diffusion, "host_bytes": 0})
-            offload = b.total - sum(b.blocks) + b.streamed
-            rows.append({"model": size, "option": f"{name}+offload".replace("plain+", ""), "ranks": 1,
-                         "device_bytes": offload, "host_bytes": sum(b.blocks)})
-            for k in (2, 4, 8):
-                parts = split_ranks(b.blocks, k)
-                per_rank = [sum(b.blocks[i] for i in r) + (b.embed if r.start == 0 else 0)
-                            + (b.finish if r.stop == len(b.blocks) else 0) for r in parts]
-                rows.append({"model": size, "option": f"{name} split (not yet runnable)", "ranks": k,
-                             "device_bytes": max(per_rank), "host_bytes": 0,
-                             "ranges": " ".join(f"[{r.start},{r.stop})" for r in parts)})
+        spec = dataclasses.replace(ModelSpec.named("tiny"), dit=HunyuanDiTConfig.builtin(size))
+        whole = dit_bytes(spec.dit, torch.bfloat16).total
+        for n in (1, 2, 4, 8):
+            for option in (MemoryOption(False, False, n), MemoryOption(True, False, n), MemoryOption(False, True, n),
+                           MemoryOption(True, True, n)):
+                device, host = zip(*(dit_memory(spec, "bf16", option, 5.0, j) for j in range(n)))
+                rows.append({"model": size, "option": option.name, "ranks": n, "device_bytes": list(device),
+                             "host_bytes": list(host), "largest_gb": max(device) / GB, "of_plain": max(device) / whole,
+                             "ranges": " ".join(f"[{a},{b})" for a, b in block_ranges(spec.dit, n)) if n > 1 else ""})
     return rows
 
 
@@ -164,12 +156,16 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
     fits, weights = fit_rows(), weight_rows()
-    benchio.emit(fits, [("model", "model"), ("GPUs", "gpus"), ("chosen", "chosen"), ("largest rank GB", "largest_rank_gb"),
-                        ("time vs plain (est.)", "time_vs_plain"), *[(o, o) for o in OPTIONS], ("layout", "layout")],
-                 title="1. What fits (1080p, 60 s, bf16; cells: largest rank, predicted time per segment vs plain)")
+    benchio.emit(fits, [("model", "model"), ("GPUs", "gpus"), ("chosen", "chosen"), ("rank GB", "rank_gb"),
+                        ("time vs plain (est.)", "time_vs_plain"), *[(o, o) for o in OPTIONS],
+                        ("fastest split", "split"), ("layout", "layout")],
+                 title="1. What fits (1080p, 60 s, bf16; cells: largest rank, the job's predicted time per segment "
+                       "vs the plain layout on GPUs large enough)")
     benchio.emit(weights, [("model", "model"), ("option", "option"), ("ranks", "ranks"),
-                           ("DiT GPU bytes / rank", "device_bytes"), ("DiT GB / rank", lambda r: r["device_bytes"] / GB),
-                           ("pinned host bytes", "host_bytes"), ("block ranges", "ranges")],
+                           ("DiT GPU bytes per rank", lambda r: " ".join(f"{b:,}" for b in r["device_bytes"])),
+                           ("largest GB", "largest_gb"), ("of plain", "of_plain"),
+                           ("pinned host bytes per rank", lambda r: " ".join(f"{b:,}" for b in r["host_bytes"])),
+                           ("block ranges", "ranges")],
                  title="2. Per-rank DiT weight bytes, bf16 (exact, from the configs)", digits=3)
     errors = error_rows()
     benchio.emit(errors, [("model", "model"), ("DiT M params", "params_m"), ("weights", "weights"),

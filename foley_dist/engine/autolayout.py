@@ -10,6 +10,12 @@ For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated
 steady-state period is max over groups of (group cost / replicas), and the replay also gets the
 fill, the drain and round-robin remainders right, which the closed form only bounds.
 
+A split pipeline ('diffusion/N') is replayed as N ranks in lockstep: each member's compute of a
+window of segments costs their count * (diffusion cost / N), its share of the DiT's work. That is
+an approximation: the step-by-step hand-offs inside the window (fill and drain of the block ranges
+at every step, the hidden-state sends) are not replayed, and the cost passed in is expected to
+carry them (planning/memory_options.py scales it by the split's imbalance and send time).
+
 Without a memory limit, replicating the whole pipeline (`vision+fusion+diffusion xW`) is optimal:
 it has no fill and perfect balance. Pipelining pays off when a rank cannot hold every stage, so
 `choose_layout` takes per-stage memory and a per-rank capacity and only considers groups that fit.
@@ -21,18 +27,18 @@ from collections import deque
 from itertools import combinations
 from typing import Sequence
 
-from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule
+from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule, entering
 from foley_dist.errors import FoleyError
 
 _TIE = 1e-6  # relative: makespans closer than this are ties, broken by simplicity
 
 
-def _topology(layout: Topology | Sequence[str], world_size: int | None) -> Topology:
+def _topology(layout: Topology | Sequence[str], world_size: int | None, num_items: int | None = None) -> Topology:
     if isinstance(layout, Topology):
         return layout
     if world_size is None:
         raise ValueError("world_size is needed to parse a layout list")
-    return Topology.parse(layout, world_size)
+    return Topology.parse(layout, world_size, num_items=num_items)  # split windows sized as the runtime sizes them
 
 
 def _check_costs(stage_costs: dict[str, float]) -> None:
@@ -57,17 +63,41 @@ def predict_makespan(layout: Topology | Sequence[str], stage_costs: dict[str, fl
     `max_inflight` is the transport's send bound (hardware.max_inflight).
     """
     _check_costs(stage_costs)
-    topo = _topology(layout, world_size)
+    topo = _topology(layout, world_size, num_items)
+    prog = {r: _items_as_they_enter(acts) for r, acts in build_schedule(topo, num_items).items()}
+    return replay(prog, rank_costs(topo, stage_costs), comm_s, max_inflight)
+
+
+def _items_as_they_enter(actions: list[Action]) -> list[Action]:
+    """A split member's window as the replay sees it: each item is received as it enters the window
+    and costs its share then (the steps interleaved inside the window are not replayed)."""
+    lazy = entering(actions)
+    out: list[Action] = []
+    for pos, a in enumerate(actions):
+        if a.kind == "compute" and a.window:
+            peers = {actions[i].item: actions[i] for i in lazy if actions[i].item in a.window}
+            out += [x for i in a.window for x in (peers[i], Action("compute", i))]
+        elif pos not in lazy:
+            out.append(a)
+    return out
+
+
+def rank_costs(topo: Topology, stage_costs: dict[str, float]) -> dict[int, float]:
+    """Seconds of each rank's compute per item: its stages' costs; a CFG pair's ranks each take half
+    the diffusion stage, a split pipeline's members 1/N of it (per item of their window)."""
     cost = {r: sum(stage_costs[s] for s in topo.stages_of(r)) for r in range(topo.world_size)}
     for r in range(topo.world_size):
-        if topo.branch_of(r) is not None:  # a CFG pair splits each step's two branches
+        if topo.branch_of(r) is not None:
             cost[r] -= stage_costs["diffusion"] / 2
-    return replay(build_schedule(topo, num_items), cost, comm_s, max_inflight)
+        if topo.split_role(r) is not None:
+            cost[r] /= topo.split_role(r)[1]
+    return cost
 
 
 def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: float = 0.0,
            max_inflight: int | None = 2) -> float:
-    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds.
+    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds per
+    item of its window.
 
     As in pipeline.execute and transport.Link: a rank posts a receive when it reaches it; a message
     arrives `comm_s` after both its send and its receive are posted; a send returns at once unless more
@@ -103,7 +133,7 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                         break
                     clock[r] = max(clock[r], avail[key]) + comm_s
                 elif a.kind == "compute":
-                    clock[r] += rank_cost[r]
+                    clock[r] += rank_cost[r] * len(a.items)
                 elif a.kind in ("send", "fork"):
                     key = (r, a.peer, a.item)
                     avail[key] = clock[r]
@@ -130,20 +160,26 @@ def compositions(total: int, parts: int) -> list[tuple[int, ...]]:
     return [tuple(b - a for a, b in zip((0, *cuts), (*cuts, total))) for cuts in combinations(range(1, total), parts - 1)]
 
 
-def layout_entries(groups: Sequence[tuple[str, ...]], replicas: Sequence[int]) -> list[str]:
-    """Layout entries in Topology.parse's format, e.g. ['vision+fusion', 'diffusion x3']."""
-    return ["+".join(g) + (f" x{k}" if k > 1 else "") for g, k in zip(groups, replicas)]
+def layout_entries(groups: Sequence[tuple[str, ...]], replicas: Sequence[int], split: int = 1) -> list[str]:
+    """Layout entries in Topology.parse's format, e.g. ['vision+fusion', 'diffusion x3'], or with the
+    last group's `replicas` ranks split into pipelines of `split`: ['vision+fusion', 'diffusion/2 x2']."""
+    splits = [1] * (len(groups) - 1) + [split]
+    return ["+".join(g) + (f"/{n}" if n > 1 else "") + (f" x{k // n}" if k > n else "")
+            for g, k, n in zip(groups, replicas, splits)]
 
 
 def candidate_layouts(world_size: int, memory: dict[str, float] | None = None,
-                      capacity: float | None = None) -> list[list[str]]:
-    """Every valid layout for `world_size` ranks whose groups fit in `capacity` (if given)."""
+                      capacity: float | None = None, split: int = 1) -> list[list[str]]:
+    """Every valid layout for `world_size` ranks whose groups fit in `capacity` (if given); with
+    `split` > 1, those whose diffusion stage, alone in the last group, is split over `split` ranks
+    per pipeline (`memory["diffusion"]`: a split rank's)."""
     def fits(group: tuple[str, ...]) -> bool:
         return memory is None or capacity is None or sum(memory.get(s, 0.0) for s in group) <= capacity
 
-    return [layout_entries(groups, reps)
+    return [layout_entries(groups, reps, split)
             for groups in groupings() if all(fits(g) for g in groups) and len(groups) <= world_size
-            for reps in compositions(world_size, len(groups))]
+            and (split == 1 or groups[-1] == ("diffusion",))
+            for reps in compositions(world_size, len(groups)) if reps[-1] % split == 0]
 
 
 def every_topology(world_size: int, num_items: int | None = None) -> list[Topology]:
@@ -167,13 +203,14 @@ def every_topology(world_size: int, num_items: int | None = None) -> list[Topolo
 
 def choose_layout(stage_costs: dict[str, float], world_size: int, num_items: int,
                   memory: dict[str, float] | None = None, capacity: float | None = None,
-                  comm_s: float = 0.0, max_inflight: int | None = 2) -> list[str]:
+                  comm_s: float = 0.0, max_inflight: int | None = 2, split: int = 1) -> list[str]:
     """The layout with the smallest predicted makespan; ties go to fewer co-located stages.
 
-    `memory` (per stage) and `capacity` (per rank), in any one unit, rule out groups that do not fit.
+    `memory` (per stage) and `capacity` (per rank), in any one unit, rule out groups that do not fit;
+    `split` > 1 considers only layouts that split the DiT over that many ranks per pipeline.
     """
     _check_costs(stage_costs)
-    layouts = candidate_layouts(world_size, memory, capacity)
+    layouts = candidate_layouts(world_size, memory, capacity, split)
     if not layouts:
         raise FoleyError(f"no layout of {world_size} rank(s) fits: stage memory {memory} vs capacity {capacity} per rank")
     scored = [(predict_makespan(lay, stage_costs, num_items, world_size, comm_s, max_inflight), lay) for lay in layouts]

@@ -26,7 +26,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from foley_dist.engine.schedule import Topology, build_schedule
+from foley_dist.engine.schedule import Topology, build_schedule, entering
 from foley_dist.errors import FoleyError
 
 STAGE, UP, DOWN = "stage", "step_up", "step_down"  # process groups: stage messages; per-step messages by direction
@@ -101,15 +101,18 @@ def code_events(topo: Topology, items: Sequence[ItemPlan], costs: dict[str, floa
     out: dict[int, list[Event]] = {}
     for rank, actions in schedule.items():
         ev: list[Event] = []
-        for a in actions:
-            if a.kind == "recv":
+        lazy, deferred = entering(actions), {}  # a split member's window receives: taken as each item enters
+        for pos, a in enumerate(actions):
+            if pos in lazy:
+                deferred[a.item] = a.peer
+            elif a.kind == "recv":
                 ev.append(Event("recv", ("msg", a.item), a.peer))
             elif a.kind in ("send", "fork"):
                 ev.append(Event("send", ("msg", a.item), a.peer))
             elif a.kind == "compute":
                 for stage in topo.stages_of(rank):
                     if stage == "diffusion" and topo.split_role(rank) is not None:
-                        ev += _window_events(topo, items, a.items, rank, costs.get(stage, 1.0))
+                        ev += _window_events(topo, items, a.items, rank, costs.get(stage, 1.0), deferred)
                     elif stage == "diffusion":
                         ev += _diffusion_events(topo, items, a.item, rank, costs.get(stage, 1.0), group)
                     else:
@@ -162,11 +165,13 @@ def split_peers(topo: Topology, rank: int) -> tuple[int, int]:
     return first + (position - 1) % count, first + (position + 1) % count
 
 
-def _window_events(topo: Topology, items: Sequence[ItemPlan], window: Sequence[int], rank: int, cost: float) -> list[Event]:
+def _window_events(topo: Topology, items: Sequence[ItemPlan], window: Sequence[int], rank: int, cost: float,
+                   sources: dict[int, int]) -> list[Event]:
     """A split pipeline member's events for a window (models/split.py runs exactly this order).
-    Per item and step: member j receives ("split", item, step) from j-1 and sends it to j+1; the last
-    sends the step's latents back to the first, which receives them before the item's next step and
-    makes the joint overlap exchange with the neighbouring items' owners."""
+    An item's stage message (from `sources[item]`) is received as the item enters, before its first
+    step. Per item and step: member j receives ("split", item, step) from j-1 and sends it to j+1;
+    the last sends the step's latents back to the first, which receives them before the item's next
+    step and makes the joint overlap exchange with the neighbouring items' owners."""
     position, count = topo.split_role(rank)
     prev, nxt = split_peers(topo, rank)
     owner = topo.groups[-1].owner
@@ -175,6 +180,8 @@ def _window_events(topo: Topology, items: Sequence[ItemPlan], window: Sequence[i
     ev: list[Event] = []
     for k, step in window_order([p.steps for p in plans], position == 0):
         n, plan = window[k], plans[k]
+        if step == 0:
+            ev.append(Event("recv", ("msg", n), sources.pop(n)))
         if position:
             ev += [Event("recv", ("split", n, step), prev, step_group(prev, rank)), Event("work", cost=range_cost / plan.steps),
                    Event("send", ("split", n, step), nxt, step_group(rank, nxt))]

@@ -272,6 +272,19 @@ def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int,
     return pending
 
 
+def entering(actions: list[Action]) -> set[int]:
+    """Positions of the receives a split member takes as their items enter its windows: those right
+    before a window's compute, of that window's items (models/split.py takes each item's message
+    at its first step, so a window starts with its first segment, not its last)."""
+    out = set()
+    for j, a in enumerate(actions):
+        i = j - 1
+        while a.window and i >= 0 and actions[i].kind == "recv" and actions[i].item in a.window:
+            out.add(i)
+            i -= 1
+    return out
+
+
 def format_grid(prog: dict[int, list[Action]]) -> str:
     """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect,
     `^3@1` fork to a CFG partner, `x3` drop."""

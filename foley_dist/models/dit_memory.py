@@ -39,6 +39,13 @@ class DiTBytes:
         one computing and the next one's copy)."""
         return max((a + b for a, b in zip(self.blocks, self.blocks[1:])), default=sum(self.blocks))
 
+    def range(self, start: int, stop: int) -> "DiTBytes":
+        """What a split rank running blocks start..stop-1 holds (hunyuan_dit.range_prefixes): those
+        blocks, the embedders on the first range and the final layer on the last; the condition
+        projections stay on the fusion rank."""
+        last = stop == len(self.blocks)
+        return DiTBytes(self.embed if start == 0 else 0, 0, self.blocks[start:stop], self.finish if last else 0)
+
 
 def _bytes(module: nn.Module | None) -> int:
     return 0 if module is None else sum(p.numel() * p.element_size() for p in module.parameters())

@@ -81,17 +81,22 @@ class SplitRole:
         return self.position == self.count - 1
 
 
-def run_window(works: Sequence[ItemWork], items: Sequence[int], order: Sequence[tuple[int, int]], role: SplitRole,
-               channel: SplitChannel) -> list:
+def run_window(start: Callable[[int], ItemWork], items: Sequence[int], order: Sequence[tuple[int, int]],
+               role: SplitRole, channel: SplitChannel) -> list:
     """Run this member's part of a window in `order` (engine.protocol.window_order: the order the
     job's protocol was built from); returns each item's result on the first member (None on the
-    others). Every receive is announced a step ahead, so it lands while the member computes."""
-    results: list = [None] * len(works)
-    if not role.first:
-        for work, n in zip(works, items):
-            channel.expect_split(n, 0, work.numel_in)
+    others). `start(k)` makes item k's work when it enters the window (taking its message then, so a
+    window starts with its first segment, not its last); every per-step receive is announced a step
+    ahead, so it lands while the member computes."""
+    results: list = [None] * len(items)
+    works: dict[int, ItemWork] = {}
     for k, step in order:
-        work, n = works[k], items[k]
+        n = items[k]
+        if step == 0:
+            works[k] = start(k)
+            if not role.first:
+                channel.expect_split(n, 0, works[k].numel_in)
+        work = works[k]
         if role.first:
             x = work.start() if step == 0 else work.latents(channel.recv_split(n, step - 1))
             x = work.exchange(step, x)

@@ -259,11 +259,13 @@ def vae_activations(cfg: DacDecoderConfig, latent_frames: int) -> int:
     return 4 * widest
 
 
-def diffusion_activations(spec: ModelSpec, seconds: float, precision: str) -> int:
+def diffusion_activations(spec: ModelSpec, seconds: float, precision: str, window: int = 1, decodes: bool = True) -> int:
+    """Conditioning and sampler state of the `window` segments sampled together (a split pipeline's
+    N), and the wider of the DiT's and, on a rank that `decodes`, the audio decoder's working set."""
     latent_frames = round(seconds * spec.latent_rate)
     sampler = 4 * 4 * 2 * spec.dit.audio_vae_latent_dim * latent_frames  # x, [x; x], v, guided v (fp32)
-    work = max(dit_activations(spec, seconds, precision), vae_activations(spec.vae, latent_frames))
-    return conditioning_bytes(spec, seconds, precision) + sampler + work
+    work = max(dit_activations(spec, seconds, precision), vae_activations(spec.vae, latent_frames) if decodes else 0)
+    return window * (conditioning_bytes(spec, seconds, precision) + sampler) + work
 
 
 # --- FLOPs (matrix products only, 2 per multiply-add, like models/hunyuan_cost.py) ------------------
@@ -356,6 +358,6 @@ def estimate_stages(spec: ModelSpec, precision: str, seconds: float, width: int,
 def rank_gpu_bytes(stages: tuple[str, ...], est: dict[str, StageEstimate], params: dict[str, int], precision: str) -> int:
     """GPU memory of a rank hosting `stages`: each part's weights once (fusion and diffusion share the
     DiT), the largest stage working set (stages run one after another) and the CUDA context; NCCL's
-    buffers depend on the layout's links and are added per rank group (plan.group_gpu_bytes)."""
+    buffers depend on the layout's links and are added per rank group (plan.rank_rows)."""
     weights = weight_bytes(params, stage_parts(stages), precision)
     return int(CUDA_CONTEXT + weights + ACTIVATION_FACTOR * max(est[s].activations for s in stages))

@@ -1,7 +1,7 @@
 """Resource planner (`foley-dist plan`): model x precision x resolution x duration x GPUs -> memory per
 stage, time shares, layout, and whether it fits. The estimates themselves live in `estimates.py`,
-the diffusion stage's memory options (fp8 weights, block offload) in `memory_options.py`; this
-module turns them into a recommended option and layout and the printed / JSON plan.
+the diffusion stage's memory options (layer split, fp8 weights, block offload) in `memory_options.py`;
+this module turns them into a recommended option and layout and the printed / JSON plan.
 """
 
 
@@ -19,7 +19,7 @@ from hydra.core.config_store import ConfigStore
 from foley_dist import config
 from foley_dist.audio.output import write_json_atomic
 from foley_dist.config import ModelConfig, RunConfig, VisionConfig
-from foley_dist.engine.autolayout import choose_layout
+from foley_dist.engine.autolayout import choose_layout, predict_makespan
 from foley_dist.engine import protocol
 from foley_dist.engine.protocol import ItemPlan
 from foley_dist.engine.schedule import STAGES, Topology, expand_layout
@@ -27,6 +27,7 @@ from foley_dist.errors import DoesNotFit, FoleyError
 from foley_dist.media.segments import SegmentPlan
 from foley_dist.media.video import probe
 from foley_dist.models.foley import ModelSpec
+from foley_dist.models.hunyuan_cost import block_ranges
 from foley_dist.planning.estimates import (
     ACTIVATION_FACTOR,
     BYTES,
@@ -41,7 +42,14 @@ from foley_dist.planning.estimates import (
     part_params,
     tile_grid,
 )
-from foley_dist.planning.memory_options import MemoryOption, candidates, dit_memory, rank_bytes, relative_time, with_option
+from foley_dist.planning.memory_options import (
+    MemoryOption,
+    candidates,
+    diffusion_ranks,
+    dit_memory,
+    rank_bytes,
+    relative_time,
+)
 from foley_dist.planning.host import (
     HOST_CORES,
     Source,
@@ -76,6 +84,7 @@ class PlanConfig:
     json: Optional[str] = None  # also write the plan as JSON here
     weights: str = "auto"  # DiT block weights: auto (plan picks) | full | fp8 (as hardware.weights)
     offload: str = "auto"  # auto (plan picks) | none | blocks (as diffusion.offload)
+    split: str = "auto"  # the DiT's blocks over N ranks per pipeline ('diffusion/N'): auto (plan picks) | none | N
     # host time (planning/host.py): the source's codec and frame rate (default: the video's, else h264, 25)
     # and the GPUs' effective TFLOPS for device seconds (default: host_calibration.json's, an estimate)
     codec: Optional[str] = None
@@ -94,33 +103,44 @@ def nccl_links(topo: Topology, segments: int) -> dict[int, int]:
     connects every pair the job's protocol uses): one video of `segments` segments under the default
     seam=joint (CFG pairs swapping velocities where the layout has them). A few items already cover
     every pair the round robin uses."""
+    items = min(segments, 2 * topo.world_size + 2)
     paired = bool(topo.groups[-1].partners)
-    items = [ItemPlan(2, i > 0, paired) for i in range(min(segments, 2 * topo.world_size + 2))]
-    programs = protocol.check_job(topo, items)
+    programs = protocol.check_job(topo, [ItemPlan(2, i > 0, paired) for i in range(items)])
     return {r: sum(len(p) for p in protocol.connections(programs.get(r, [])).values()) for r in range(topo.world_size)}
 
 
-def group_gpu_bytes(topo: Topology, rank_bytes: Callable[[tuple[str, ...]], int], segments: int) -> list[int]:
-    """GPU bytes of each rank group: its stages (`rank_bytes`), and NCCL buffers for its best-connected
-    rank's links."""
-    links = nccl_links(topo, segments)
-    return [rank_bytes(g.stages) + max(links[r] for r in g.ranks + g.partners) * NCCL_PEER_BYTES for g in topo.groups]
+def rank_rows(topo: Topology, rank_bytes: Callable[[tuple[str, ...], int], int], segments: int) -> list[dict]:
+    """GPU bytes per rank group, of a split group per position in its pipelines (the positions hold
+    different blocks): the stages (`rank_bytes(stages, position)`), and NCCL buffers for the
+    best-connected rank's links."""
+    links, rows = nccl_links(topo, segments), []
+    for g in topo.groups:
+        for j in range(g.split):
+            ranks = g.ranks[j :: g.split]
+            peers = max(links[r] for r in ranks + g.partners)
+            rows.append({"ranks": list(ranks), "stages": list(g.stages), "position": j if g.split > 1 else None,
+                         "gpu_bytes": rank_bytes(g.stages, j) + peers * NCCL_PEER_BYTES})
+    return rows
 
 
-def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...]], int], precision: str, gpus: int,
-                     segments: int, budget: int, costs: dict[str, float]) -> list[str]:
-    """The fastest layout (autolayout.choose_layout, `costs`: seconds per segment, host time included)
-    whose ranks fit `budget` (`rank_bytes`: a rank's GPU bytes under the memory option).
+def recommend_layout(est: dict[str, StageEstimate], rank_bytes: Callable[[tuple[str, ...], int], int], precision: str,
+                     gpus: int, segments: int, budget: int, costs: dict[str, float], split: int = 1) -> list[str]:
+    """The fastest layout (autolayout.choose_layout, `costs`: seconds per segment, host time included;
+    `split`: the DiT's blocks over that many ranks per pipeline) whose ranks fit `budget`
+    (`rank_bytes`: a rank's GPU bytes under the memory option).
 
     choose_layout adds per-stage memory, which counts a shared DiT twice; so the unconstrained best
     layout is checked exactly first, and only when it does not fit is the (conservative) additive
-    constraint used."""
-    layout = choose_layout(costs, gpus, segments)
-    if all(b <= budget for b in group_gpu_bytes(Topology.parse(layout, gpus), rank_bytes, segments)):
+    constraint used (a split rank's memory: its largest position's)."""
+    try:
+        layout = choose_layout(costs, gpus, segments, split=split)
+    except FoleyError as e:  # no layout of this split completes: not an option for the job
+        raise DoesNotFit(str(e)) from None
+    if all(r["gpu_bytes"] <= budget for r in rank_rows(Topology.parse(layout, gpus), rank_bytes, segments)):
         return layout
     memory = {s: float(e.gpu_bytes() - CUDA_CONTEXT) for s, e in est.items()}
     try:
-        return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT))
+        return choose_layout(costs, gpus, segments, memory, float(budget - CUDA_CONTEXT), split=split)
     except FoleyError:
         alone = ", ".join(f"{s} {e.gpu_bytes() / 1e9:.1f}" for s, e in est.items())
         raise DoesNotFit(f"no layout of {gpus} GPU(s) fits {budget / 1e9:.1f} GB per GPU (stages alone need {alone} GB; "
@@ -213,31 +233,39 @@ def tiling_advice(spec: ModelSpec, vision: VisionConfig, width: int, height: int
 
 @dataclass
 class OptionPlan:
-    """One memory option's layout for the job, or why it does not fit."""
+    """One memory option's layout for the job and its predicted time, or why it does not fit."""
 
     option: MemoryOption
     spec: ModelSpec
-    est: dict[str, StageEstimate]
+    est: dict[str, StageEstimate]  # the diffusion stage: its largest rank's under the option
+    diffusion: list[StageEstimate]  # the diffusion stage per position of a split pipeline (one unsplit)
     params: dict[str, int]
     precision: str
     seconds: float
-    layout: list[str] | None
-    error: DoesNotFit | None
+    layout: list[str] | None = None
+    error: DoesNotFit | None = None
+    time_s: float | None = None  # predicted seconds per segment of the whole job (autolayout's replay)
 
     @classmethod
     def make(cls, spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
              cfg: PlanConfig, segments: int, budget: int, option: MemoryOption, costs: dict[str, float]) -> "OptionPlan":
-        est = with_option(est, spec, precision, option)
-        plan = cls(option, spec, est, params, precision, cfg.segment_seconds, None, None)
+        """`costs`: plain seconds per segment; the diffusion stage's is scaled by the option's time
+        model (a split pipeline's per rank: autolayout divides it by N)."""
+        diffusion = diffusion_ranks(est, spec, precision, option, cfg.segment_seconds)
+        est = {**est, "diffusion": max(diffusion, key=StageEstimate.gpu_bytes)}
+        plan = cls(option, spec, est, diffusion, params, precision, cfg.segment_seconds)
+        costs = {**costs, "diffusion": costs["diffusion"] * plan.stage_time * option.split}
         too_big = [s for s in STAGES if est[s].gpu_bytes() > budget]
         try:
             if too_big:
                 s = too_big[0]
                 hint = "precision=bf16, " if precision == "fp32" else ""
+                per_rank = " per split rank" if s == "diffusion" and option.split > 1 else ""
                 raise DoesNotFit(f"model={spec.name} precision={precision}: the {s} stage alone needs "
-                                 f"{est[s].gpu_bytes() / 1e9:.1f} GB but gpu_memory={cfg.gpu_memory}; use {hint}GPUs "
-                                 "with more memory or a smaller model")
-            plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget, costs)
+                                 f"{est[s].gpu_bytes() / 1e9:.1f} GB{per_rank} but gpu_memory={cfg.gpu_memory}; use "
+                                 f"{hint}GPUs with more memory or a smaller model")
+            plan.layout = recommend_layout(est, plan.rank_bytes, precision, cfg.gpus, segments, budget, costs, option.split)
+            plan.time_s = predict_makespan(plan.layout, costs, segments, cfg.gpus) / segments
         except DoesNotFit as e:
             plan.error = e
         return plan
@@ -247,35 +275,50 @@ class OptionPlan:
         return self.layout is not None
 
     @property
-    def relative_time(self) -> float:
+    def stage_time(self) -> float:
+        """The DiT's time per segment on one rank (one split pipeline) relative to plain on one GPU."""
         return relative_time(self.spec, self.seconds, self.precision, self.option)
 
-    def rank_bytes(self, stages: tuple[str, ...]) -> int:
-        return rank_bytes(stages, self.est, self.params, self.precision, self.spec, self.option)
+    def rank_bytes(self, stages: tuple[str, ...], position: int = 0) -> int:
+        est = {**self.est, "diffusion": self.diffusion[position]}
+        return rank_bytes(stages, est, self.params, self.precision, self.spec, self.option, self.seconds)
 
-    def summary(self) -> dict:
-        device, host = dit_memory(self.spec, self.precision, self.option)
-        ranks = Topology.parse(self.layout, len(expand_layout(self.layout))).groups if self.fits else ()
+    def summary(self, reference_s: float, segments: int) -> dict:
+        """`reference_s`: the plain option's seconds per segment on GPUs large enough for any layout."""
+        memory = [dit_memory(self.spec, self.precision, self.option, self.seconds, j) for j in range(self.option.split)]
+        rows = rank_rows(Topology.parse(self.layout, len(expand_layout(self.layout))), self.rank_bytes, segments) if self.fits else []
         return {"option": self.option.name, "fits": self.fits, "layout": self.layout,
-                "largest_rank_bytes": max((self.rank_bytes(g.stages) for g in ranks), default=None),
-                "diffusion_stage_bytes": self.est["diffusion"].gpu_bytes(),
-                "dit_device_bytes": device, "dit_host_bytes": host,
-                "relative_time": round(self.relative_time, 3), "why_not": str(self.error) if self.error else None}
+                "rank_bytes": [r["gpu_bytes"] for r in rows],
+                "largest_rank_bytes": max((r["gpu_bytes"] for r in rows), default=None),
+                "diffusion_rank_bytes": [e.gpu_bytes() for e in self.diffusion],
+                "dit_device_bytes": [d for d, _ in memory], "dit_host_bytes": [h for _, h in memory],
+                "relative_time": round(self.time_s / reference_s, 3) if self.fits else None,
+                "stage_time": round(self.stage_time, 3), "why_not": str(self.error) if self.error else None}
 
 
 def smallest_fit(spec: ModelSpec, est: dict[str, StageEstimate], params: dict[str, int], precision: str,
                  cfg: PlanConfig, segments: int, options: list[OptionPlan], costs: dict[str, float]
                  ) -> tuple[int, MemoryOption]:
     """The least memory per GPU (to 0.1 GB) with which one of `options` fits cfg.gpus GPUs, and that option."""
-    best = None
+    def fits(budget: int, option: MemoryOption) -> bool:
+        return OptionPlan.make(spec, est, params, precision, cfg, segments, budget, option, costs).fits
+
+    best = (int(1e13), options[0].option)
     for o in options:
-        lo, hi = 0, int(1e13)
+        if not fits(best[0], o.option):  # no better than the best so far
+            continue
+        lo, hi = 0, best[0]
         while hi - lo > 1e8:  # fitting is monotone in the budget
             mid = (lo + hi) // 2
-            lo, hi = (lo, mid) if OptionPlan.make(spec, est, params, precision, cfg, segments, mid, o.option, costs).fits else (mid, hi)
-        if best is None or hi < best[0]:
-            best = (hi, o.option)
+            lo, hi = (lo, mid) if fits(mid, o.option) else (mid, hi)
+        best = (hi, o.option)
     return best
+
+
+def option_settings(option: MemoryOption) -> dict[str, str]:
+    """The settings that select `option`: a run's hardware.weights, diffusion.offload, and the split."""
+    return {"weights": "fp8" if option.fp8 else "full", "offload": "blocks" if option.offload else "none",
+            "split": str(option.split) if option.split > 1 else "none"}
 
 
 def make_plan(cfg: PlanConfig) -> dict:
@@ -292,23 +335,28 @@ def make_plan(cfg: PlanConfig) -> dict:
                           cfg.vision, params)
     host = host_inputs(cfg, spec, width, height, {s: float(e.flops) for s, e in est.items()})
     options = [OptionPlan.make(spec, est, params, precision, cfg, segments, budget, o, host["costs"])
-               for o in candidates(cfg.weights, cfg.offload)]
+               for o in candidates(cfg.weights, cfg.offload, cfg.split, cfg.gpus)]
     fitting = [o for o in options if o.fits]
     if not fitting:
         if len(options) == 1:  # the option was fixed: its own reason
             raise options[0].error
         need, option = smallest_fit(spec, est, params, precision, cfg, segments, options, host["costs"])
+        settings = " ".join(f"{k}={v}" for k, v in option_settings(option).items())
         raise DoesNotFit(f"model={spec.name} precision={precision}: no memory option fits {cfg.gpus} GPU(s) of "
                          f"{cfg.gpu_memory}; the smallest that fits is {cfg.gpus} GPU(s) of {math.ceil(need / 1e8) / 10:.1f} GB "
-                         f"with {option.name} (weights={'fp8' if option.fp8 else 'full'} "
-                         f"offload={'blocks' if option.offload else 'none'})")
-    chosen = min(fitting, key=lambda o: (round(o.relative_time, 2), o.option.fp8))  # fastest; exact weights on a tie
+                         f"with {option.name} ({settings})")
+    plain = choose_layout(host["costs"], cfg.gpus, segments)  # the plain layout, were the GPUs large enough
+    reference_s = predict_makespan(plain, host["costs"], segments, cfg.gpus) / segments
+    # fastest; on a tie the smaller split, then exact weights
+    chosen = min(fitting, key=lambda o: (round(o.time_s / reference_s, 2), o.option.split, o.option.fp8))
     est, layout = chosen.est, chosen.layout
     total_flops = sum(e.flops for e in est.values())
     topo = Topology.parse(layout, cfg.gpus)
-    ranks = [{"ranks": list(g.ranks), "stages": list(g.stages), "gpu_bytes": gpu_bytes,
-              "flops_per_segment": sum(est[s].flops for s in g.stages) / len(g.ranks)}
-             for g, gpu_bytes in zip(topo.groups, group_gpu_bytes(topo, chosen.rank_bytes, segments))]
+    ranges = block_ranges(spec.dit, chosen.option.split, cfg.segment_seconds)
+    size = {g.stages: len(g.ranks) for g in topo.groups}
+    ranks = [{**r, "blocks": list(ranges[r["position"]]) if r["position"] is not None else None,
+              "flops_per_segment": sum(est[s].flops for s in r["stages"]) / size[tuple(r["stages"])]}
+             for r in rank_rows(topo, chosen.rank_bytes, segments)]
     return {
         "model": spec.name,
         "precision": precision,
@@ -321,9 +369,12 @@ def make_plan(cfg: PlanConfig) -> dict:
         "stages": {s: {**asdict(e), "parts": list(e.parts), "gpu_bytes": e.gpu_bytes(),
                        "host_bytes": int(FRAMEWORK_RSS + RUNTIME_OVERHEAD + e.host), "time_share": e.flops / total_flops}
                    for s, e in est.items()},
-        "memory_option": {"name": chosen.option.name, "weights": "fp8" if chosen.option.fp8 else "full",
-                          "offload": "blocks" if chosen.option.offload else "none"},
-        "options": [o.summary() for o in options],
+        "memory_option": {"name": chosen.option.name, **option_settings(chosen.option)},
+        "reference": {"layout": plain, "seconds_per_segment": reference_s,
+                      "note": "relative_time: the job's predicted seconds per segment over the plain option's on GPUs "
+                              "large enough for any layout; stage_time: the DiT's per segment on one rank (a split: "
+                              "one pipeline) over plain on one GPU; estimates (planning/memory_options.py)"},
+        "options": [o.summary(reference_s, segments) for o in options],
         "layout": layout,
         "ranks": ranks,
         "fits": all(r["gpu_bytes"] <= budget for r in ranks),
@@ -348,18 +399,26 @@ def format_plan(plan: dict) -> str:
     for name, s in plan["stages"].items():
         lines.append(f"{name:<10} {s['weights'] / gb:>10.3f} {s['activations'] / gb:>10.3f} {s['gpu_bytes'] / gb:>8.2f} "
                      f"{s['host_bytes'] / gb:>8.2f} {s['flops'] / 1e9:>10.1f} {s['time_share']:>6.1%}")
-    lines += ["", f"{'DiT memory option':<18} {'fits':>4} {'DiT GPU GB':>10} {'DiT host GB':>11} {'largest rank GB':>15} "
-                  f"{'time vs plain':>13}  layout"]
+    lines += ["", f"{'DiT memory option':<22} {'fits':>4} {'DiT GPU GB/rank':>15} {'DiT host GB':>11} "
+                  f"{'largest rank GB':>15} {'time vs plain':>13} {'DiT/rank':>8}  layout"]
     for o in plan["options"]:
-        largest = f"{o['largest_rank_bytes'] / gb:.2f}" if o["fits"] else f"(diffusion {o['diffusion_stage_bytes'] / gb:.2f})"
-        lines.append(f"{o['option']:<18} {'yes' if o['fits'] else 'no':>4} {o['dit_device_bytes'] / gb:>10.2f} "
-                     f"{o['dit_host_bytes'] / gb:>11.2f} {largest:>15} {o['relative_time']:>12.2f}x  {o['layout'] or '-'}")
-    lines.append(f"chosen: {plan['memory_option']['name']} (run with hardware.weights={plan['memory_option']['weights']} "
-                 f"diffusion.offload={plan['memory_option']['offload']}); time vs plain is an estimate (planning/memory_options.py)")
+        largest = f"{o['largest_rank_bytes'] / gb:.2f}" if o["fits"] else f"(diffusion {max(o['diffusion_rank_bytes']) / gb:.2f})"
+        time = f"{o['relative_time']:.2f}x" if o["fits"] else "-"
+        lines.append(f"{o['option']:<22} {'yes' if o['fits'] else 'no':>4} {max(o['dit_device_bytes']) / gb:>15.2f} "
+                     f"{max(o['dit_host_bytes']) / gb:>11.2f} {largest:>15} {time:>13} {o['stage_time']:>7.2f}x  "
+                     f"{o['layout'] or '-'}")
+    chosen = plan["memory_option"]
+    lines.append(f"chosen: {chosen['name']} (run with hardware.weights={chosen['weights']} diffusion.offload={chosen['offload']}"
+                 + (f" and the layout's 'diffusion/{chosen['split']}'" if chosen["split"] != "none" else "")
+                 + "); time vs plain: the job's time per segment over the plain layout's on large enough GPUs; "
+                   "DiT/rank: the DiT's per segment on one rank or split pipeline over plain; estimates "
+                   "(planning/memory_options.py)")
     lines += ["", f"layout: {plan['layout']}", f"{'ranks':<8} {'stages':<26} {'GPU GB':>8} {'fits':>5}"]
     for r in plan["ranks"]:
-        ranks = str(r["ranks"][0]) + (f"-{r['ranks'][-1]}" if len(r["ranks"]) > 1 else "")
-        lines.append(f"{ranks:<8} {'+'.join(r['stages']):<26} {r['gpu_bytes'] / gb:>8.2f} "
+        ranks = ",".join(map(str, r["ranks"])) if r["blocks"] else str(r["ranks"][0]) + (
+            f"-{r['ranks'][-1]}" if len(r["ranks"]) > 1 else "")
+        stages = "+".join(r["stages"]) + (f" blocks [{r['blocks'][0]},{r['blocks'][1]})" if r["blocks"] else "")
+        lines.append(f"{ranks:<8} {stages:<26} {r['gpu_bytes'] / gb:>8.2f} "
                      f"{'yes' if r['gpu_bytes'] <= plan['gpu_memory_bytes'] else 'NO':>5}")
     largest = max(r["gpu_bytes"] for r in plan["ranks"])
     lines.append(f"fits: {'yes' if plan['fits'] else 'NO'} (largest rank {largest / gb:.2f} GB of "
@@ -389,7 +448,9 @@ def run_choice(run: RunConfig, world_size: int, device: torch.device, precision:
     `hardware.weights` / `diffusion.offload` set to auto take the planner's choice (the same as
     `foley-dist plan`) when `layout=auto` without layout.costs / layout.memory_gb and the GPU size is
     known (layout.capacity_gb, else the CUDA device's memory), planned for the largest of the jobs'
-    (width, height, duration) `sizes`; otherwise auto means off. A job that fits no option exits 5."""
+    (width, height, duration) `sizes`; otherwise auto means off. The planner may split the DiT
+    (option.split, the layout's 'diffusion/N'); a layout given by hand decides the split itself.
+    A job that fits no option exits 5."""
     allowed = candidates(run.hardware.weights, run.diffusion.offload)
     capacity = run.layout.capacity_gb * 1e9 if run.layout.capacity_gb else (
         torch.cuda.get_device_properties(device).total_memory if device.type == "cuda" else None)
@@ -401,4 +462,5 @@ def run_choice(run: RunConfig, world_size: int, device: torch.device, precision:
                                 overlap_seconds=run.overlap_seconds, vision=run.vision, model=run.model,
                                 weights=run.hardware.weights, offload=run.diffusion.offload))
     chosen = plan["memory_option"]
-    return MemoryOption(chosen["weights"] == "fp8", chosen["offload"] == "blocks"), plan["layout"]
+    split = 1 if chosen["split"] == "none" else int(chosen["split"])
+    return MemoryOption(chosen["weights"] == "fp8", chosen["offload"] == "blocks", split), plan["layout"]

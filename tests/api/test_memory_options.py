@@ -47,7 +47,8 @@ def test_layout_auto_takes_the_planners_choice():
     option, layout = run_choice(run_cfg(capacity_gb=8.0), 4, torch.device("cpu"), "bf16", sizes)
     plan = make_plan(PlanConfig(resolution="1920x1080", duration=60.0, gpus=4, gpu_memory="8.0GB", precision="bf16",
                                 model=run_cfg().model))
-    assert option.name == plan["memory_option"]["name"] == "fp8" and layout == plan["layout"]
+    assert option.name == plan["memory_option"]["name"] == "split3" and layout == plan["layout"]
+    assert option == MemoryOption(split=3) and layout[-1] == "diffusion/3"
     # no GPU size known (CPU without layout.capacity_gb), or a layout given: auto means off
     assert run_choice(run_cfg(), 4, torch.device("cpu"), "bf16", sizes) == (MemoryOption(), None)
     fixed = run_cfg(capacity_gb=8.0)
@@ -55,3 +56,11 @@ def test_layout_auto_takes_the_planners_choice():
     assert run_choice(fixed, 2, torch.device("cpu"), "bf16", sizes) == (MemoryOption(), None)
     with pytest.raises(FoleyError, match="smallest that fits"):
         run_choice(run_cfg(capacity_gb=1.0), 1, torch.device("cpu"), "bf16", sizes)
+
+
+def test_layout_auto_splits_the_dit_when_only_a_split_fits():
+    """Full weights, no offload: XXL's diffusion stage fits no 8 GB GPU whole; split over two it does."""
+    cfg = run_cfg(capacity_gb=8.0)
+    cfg.hardware.weights, cfg.diffusion.offload = "full", "none"
+    option, layout = run_choice(cfg, 3, torch.device("cpu"), "bf16", [(1920, 1080, 60.0)])
+    assert option == MemoryOption(split=2) and layout == ["vision+fusion", "diffusion/2"]

@@ -75,3 +75,26 @@ def test_nothing_fits_is_a_clear_error():
         choose_layout(COSTS, 1, 4, MEMORY, CAPACITY)
     with pytest.raises(FoleyError, match="each of vision, fusion, diffusion"):
         choose_layout({"vision": 1.0}, 3, 4)
+
+
+def test_a_split_pipeline_costs_its_share_per_window_item():
+    # rank 0 delivers items 0 and 1 at 0.135 and 0.27; each enters the window as it arrives and costs
+    # 0.6 / 2 of both members, then the owner hands both to the sink (the second member)
+    assert predict_makespan(["vision+fusion", "diffusion/2"], COSTS, 2, 3) == pytest.approx(0.135 + 2 * 0.3)
+    # two pipelines of two ranks keep about the pace of four replicas
+    replicas = predict_makespan(["vision+fusion", "diffusion x4"], COSTS, 24, 5)
+    assert predict_makespan(["vision+fusion", "diffusion/2 x2"], COSTS, 24, 5) == pytest.approx(replicas, rel=0.1)
+
+
+def test_split_candidates_keep_diffusion_alone_and_last():
+    assert candidate_layouts(5, split=2) == [["vision+fusion", "diffusion/2 x2"], ["vision+fusion x3", "diffusion/2"],
+                                             ["vision", "fusion x2", "diffusion/2"], ["vision x2", "fusion", "diffusion/2"]]
+    assert choose_layout(COSTS, 5, 24, split=2) == ["vision+fusion", "diffusion/2 x2"]
+
+
+def test_split_pipelines_of_three_or_more_keep_their_pace():
+    # the sink (the last member) takes a window's results right after the window, so an owner never
+    # holds more of them than the send bound allows: a 3-way split keeps the pace of 3 replicas
+    replicas = predict_makespan(["vision+fusion", "diffusion x3"], COSTS, 12, 4)
+    assert predict_makespan(["vision+fusion", "diffusion/3"], COSTS, 12, 4) == pytest.approx(replicas, rel=0.1)
+    assert choose_layout(COSTS, 4, 12, split=3) == ["vision+fusion", "diffusion/3"]

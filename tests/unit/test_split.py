@@ -131,7 +131,7 @@ def run_members(works: list[list], roles: list[SplitRole], items: list[int]) -> 
         try:
             channel = QueueRing(edges[j], edges[(j + 1) % len(roles)])
             order = window_order([w.steps for w in works[j]], roles[j].first)
-            results[j] = run_window(works[j], items, order, roles[j], channel)
+            results[j] = run_window(works[j].__getitem__, items, order, roles[j], channel)
         except BaseException as e:  # noqa: BLE001 -- reported below
             errors.append(e)
 
