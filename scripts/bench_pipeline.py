@@ -26,9 +26,10 @@ Parts (--parts):
   6  the layer split ("layer_split" rows): part 5's job (seam=joint, --lv-steps steps at --split-step-s per
      segment-step) with the DiT split over n = --split-ranks ranks in K = --split-pipelines pipelines
      (layout [vision+fusion, 'diffusion/n xK']): each member costs step / n per step and hands an
-     XXL-size hidden state ([2, 250, 1536] fp32, 3 MB) to the next every step. Efficiency is against the
-     same job on one diffusion rank, measured in the same run: single-rank time / (n x K). The final
-     latents are checked equal to the single-rank run's. Under --lv-p2p's first mode.
+     XXL-size hidden state ([2, 250, 1536] fp32, 3 MB; --split-hidden) to the next every step, through
+     the runtime's windows, protocol and Link. Efficiency is against the same job on one diffusion
+     rank, measured in the same run: single-rank time / (n x K). The final latents are checked equal
+     to the single-rank run's. Under --lv-p2p's first mode (strict by default).
 
 The clock of parts 1-2 starts after a barrier: process start-up and model building are not measured.
 """
@@ -404,7 +405,9 @@ def part_layer_split(args) -> list[dict]:
         rows.append(row)
         print(f"  split {n} x {k}: {row['measured_s']:.2f} s (efficiency {row['efficiency']:.2f}, latents equal: {same})",
               flush=True)
-    benchio.emit(rows, [("p2p", "p2p"), ("step s", "step_s"), ("hidden state", lambda r: "x".join(map(str, r["hidden"]))), ("ranks per pipeline (n)", "split"), ("pipelines (K)", "pipelines"),
+    benchio.emit(rows, [("p2p", "p2p"), ("step ms", lambda r: f"{r['step_s'] * 1e3:.0f}"),
+                        ("hidden state", lambda r: "x".join(map(str, r["hidden"]))), ("ranks per pipeline (n)", "split"),
+                        ("pipelines (K)", "pipelines"),
                         ("diffusion ranks", "diffusion_ranks"),
                         ("measured s (runs)", lambda r: f"{r['measured_s']:.2f} ({' / '.join(f'{t:.2f}' for t in r['runs_s'])})"),
                         ("ideal s", "ideal_s"), ("efficiency", "efficiency"),
