@@ -6,7 +6,7 @@ offload rank holds the DiT minus its blocks plus the largest two consecutive blo
 computing and the next one's copy), the blocks themselves stay in pinned host memory. Split rank j
 of N holds blocks block_ranges(cfg, N)[j], the embedders on j = 0 and the final layer on j = N-1
 (hunyuan_dit.range_prefixes; the condition projections stay on the fusion rank), the conditioning of
-its window's N segments, and a hidden-state message per window item and direction.
+its window's segments (up to 2N), and a hidden-state message per window item and direction.
 
 Time per segment relative to plain is an estimate until measured on hardware. It models one
 velocity call (both CFG branches) block by block on one GPU with the assumptions below: a block
@@ -129,8 +129,8 @@ def diffusion_ranks(est: dict[str, StageEstimate], spec: ModelSpec, precision: s
     """The diffusion stage on each rank of a split pipeline under `option` (one rank unsplit): the
     DiT's bytes it holds on the device, offloaded blocks in (pinned) host memory, and fp8's
     compute-dtype copy of the largest matrix one matmul holds. Of a split pipeline only the first
-    rank holds the audio decoder (it decodes and sends the audio on); each holds its window's N
-    segments and a hidden-state message per window item in and out."""
+    rank holds the audio decoder (it decodes and sends the audio on); each holds its window's (up to
+    2N) segments and a hidden-state message per window item in and out."""
     d, n = est["diffusion"], option.split
     plain = _dit_bytes(spec.dit, precision, False).total
     vae = d.weights - plain
@@ -138,7 +138,8 @@ def diffusion_ranks(est: dict[str, StageEstimate], spec: ModelSpec, precision: s
     ranks = []
     for position, (start, stop) in enumerate(block_ranges(spec.dit, n, seconds)):
         device, host = dit_memory(spec, precision, option, seconds, position)
-        work = d.activations if n == 1 else diffusion_activations(spec, seconds, precision, n, position == 0) + n * (
+        window = 2 * n  # schedule.split_window: N to 2N segments in flight per pipeline
+        work = d.activations if n == 1 else diffusion_activations(spec, seconds, precision, window, position == 0) + window * (
             message_bytes(spec.dit, seconds, start) + message_bytes(spec.dit, seconds, stop))
         weights = device + (vae if position == 0 else 0)
         ranks.append(dataclasses.replace(d, weights=weights, host=d.host + host, activations=work + cast,

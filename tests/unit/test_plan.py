@@ -229,7 +229,8 @@ def test_a_split_rank_is_planned_with_its_window_and_messages(xxl):
     assert edge > xxl.dit.depth_triple_blocks and message == 4 * (2 * (250 + 1) * 1536 + 128 * 250)
     # inside the triple-stream blocks the visual stream's 40 tokens travel too
     assert memory_options.message_bytes(xxl.dit, 5.0, 10) == 4 * (2 * (250 + 40 + 1) * 1536 + 128 * 250)
-    assert last.activations == estimates.diffusion_activations(xxl, 5.0, "bf16", 2, decodes=False) + 2 * (
+    window = 4  # up to 2N segments in flight per pipeline (schedule.split_window)
+    assert last.activations == estimates.diffusion_activations(xxl, 5.0, "bf16", window, decodes=False) + window * (
         message + memory_options.message_bytes(xxl.dit, 5.0, xxl.dit.depth_triple_blocks + xxl.dit.depth_single_blocks))
 
 

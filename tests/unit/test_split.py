@@ -212,3 +212,13 @@ def test_no_host_sync_inside_the_split_sampling_loop(tiny, monkeypatch):
     with host_reads_forbidden(monkeypatch):
         got = run_members(works, roles, [0])
     assert got[0].shape == noise.shape
+
+
+def test_more_split_ranks_than_blocks_is_refused():
+    from foley_dist.runtime import split_role
+
+    spec = ModelSpec.named("tiny")  # 4 blocks
+    topo = Topology.parse(["vision+fusion", "diffusion/5"], 6)
+    with pytest.raises(FoleyError, match="only 4 blocks"):
+        split_role(topo, 1, spec, 5.0)
+    assert split_role(Topology.parse(["vision+fusion", "diffusion/4"], 5), 4, spec, 5.0) == SplitRole(3, 4, 3, 4)
