@@ -31,7 +31,7 @@ from foley_dist.engine.pipeline import execute, open_link, step_channel
 from foley_dist.engine.protocol import ItemPlan, window_order
 from foley_dist.engine.schedule import Topology, build_schedule
 from foley_dist.models.flow import euler_step, flow_schedule, guided, sample
-from foley_dist.models.split import SplitRole, pack, run_window, unpack
+from foley_dist.models.split import SplitRole, pack, packed_numel, run_window, unpack
 from foley_dist.models.joint import (
     LocalChannel,
     StepChannel,
@@ -175,8 +175,7 @@ class SyntheticSplitWork:
     def __post_init__(self) -> None:
         self.sigmas = flow_schedule(self.steps)[1].to(self.noise.device)
         self.hidden = torch.zeros(self.hidden_shape, device=self.noise.device)
-        self.numel_in = self.noise.numel() if self.role.first else len(self._shapes()) + sum(
-            torch.Size(s).numel() for s in self._shapes())
+        self.numel_in = self.noise.numel() if self.role.first else packed_numel(self._shapes())
 
     def _shapes(self) -> list[tuple[int, ...]]:
         return [self.hidden_shape, tuple(self.noise.shape)]

@@ -19,6 +19,7 @@ the benchmarks' timed one lives in foley_dist/synthetic.py.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -102,6 +103,7 @@ def run_window(start: Callable[[int], ItemWork], items: Sequence[int], order: Se
             x = work.exchange(step, x)
             if step == work.steps:
                 results[k] = work.finish(x)
+                del works[k]  # its conditioning and buffers go now, not at the window's end
                 continue
             channel.expect_split(n, step, work.numel_in)  # this step's latents, coming back from the last
             channel.send_split(n, step, work.head(step, x))
@@ -109,6 +111,8 @@ def run_window(start: Callable[[int], ItemWork], items: Sequence[int], order: Se
         flat = channel.recv_split(n, step)
         if step + 1 < work.steps:
             channel.expect_split(n, step + 1, work.numel_in)
+        else:
+            del works[k]
         channel.send_split(n, step, work.tail(step, flat) if role.last else work.middle(step, flat))
     return results
 
@@ -129,9 +133,7 @@ def unpack(flat: Tensor, shapes: Sequence[tuple[int, ...]], dtypes: Sequence[tor
     """`pack`'s tensors, cast back to `dtypes` (read once with `wire_dtypes`)."""
     out, offset = [], len(shapes)
     for shape, dtype in zip(shapes, dtypes):
-        size = 1
-        for d in shape:
-            size *= d
+        size = math.prod(shape)
         out.append(flat[offset : offset + size].view(shape).to(dtype))
         offset += size
     return out
@@ -170,7 +172,7 @@ class DiTWork:
         with self.autocast():
             self.ctx = self.dit.context(self.cond, self.noise.shape[2])
         self.visual_in = self.role.start < self.dit.config.depth_triple_blocks  # the visual stream still flows
-        self.numel_in = self.noise.numel() if self.role.first else _numel(self._shapes())
+        self.numel_in = self.noise.numel() if self.role.first else packed_numel(self._shapes())
 
     def _shapes(self) -> list[tuple[int, ...]]:
         """Shapes of the state entering this member's blocks, then the latents."""
@@ -219,14 +221,9 @@ class DiTWork:
         return BlockState(audio, visual, vec), x.float()
 
 
-def _numel(shapes: Sequence[tuple[int, ...]]) -> int:
-    total = len(shapes)  # the dtype codes
-    for shape in shapes:
-        size = 1
-        for d in shape:
-            size *= d
-        total += size
-    return total
+def packed_numel(shapes: Sequence[tuple[int, ...]]) -> int:
+    """Length of `pack`'s flat buffer for tensors of `shapes`: the dtype codes, then the values."""
+    return len(shapes) + sum(math.prod(shape) for shape in shapes)
 
 
 @dataclass
