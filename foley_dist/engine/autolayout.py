@@ -10,10 +10,10 @@ For one rank per stage this is DESIGN.md's sum(t) + (M-1)*max(t); for replicated
 steady-state period is max over groups of (group cost / replicas), and the replay also gets the
 fill, the drain and round-robin remainders right, which the closed form only bounds.
 
-A split pipeline ('diffusion/N') is replayed as N ranks in lockstep: each member's compute of a
-window of segments costs their count * (diffusion cost / N), its share of the DiT's work. That is
-an approximation: the step-by-step hand-offs inside the window (fill and drain of the block ranges
-at every step, the hidden-state sends) are not replayed, and the cost passed in is expected to
+A split pipeline ('diffusion/N') is replayed as N ranks in lockstep: each segment of a member's
+window is received as it enters and costs diffusion cost / N, the member's share of the DiT's work.
+That is an approximation: the step-by-step hand-offs inside the window (fill and drain of the block
+ranges at every step, the hidden-state sends) are not replayed, and the cost passed in is expected to
 carry them (planning/memory_options.py scales it by the split's imbalance and send time).
 
 Without a memory limit, replicating the whole pipeline (`vision+fusion+diffusion xW`) is optimal:
@@ -27,7 +27,7 @@ from collections import deque
 from itertools import combinations
 from typing import Sequence
 
-from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule, entering
+from foley_dist.engine.schedule import STAGES, Action, Topology, build_schedule
 from foley_dist.errors import FoleyError
 
 _TIE = 1e-6  # relative: makespans closer than this are ties, broken by simplicity
@@ -64,20 +64,17 @@ def predict_makespan(layout: Topology | Sequence[str], stage_costs: dict[str, fl
     """
     _check_costs(stage_costs)
     topo = _topology(layout, world_size, num_items)
-    prog = {r: _items_as_they_enter(acts) for r, acts in build_schedule(topo, num_items).items()}
-    return replay(prog, rank_costs(topo, stage_costs), comm_s, max_inflight)
+    return replay(build_schedule(topo, num_items), rank_costs(topo, stage_costs), comm_s, max_inflight)
 
 
 def _items_as_they_enter(actions: list[Action]) -> list[Action]:
     """A split member's window as the replay sees it: each item is received as it enters the window
     and costs its share then (the steps interleaved inside the window are not replayed)."""
-    lazy = entering(actions)
     out: list[Action] = []
-    for pos, a in enumerate(actions):
-        if a.kind == "compute" and a.window:
-            peers = {actions[i].item: actions[i] for i in lazy if actions[i].item in a.window}
-            out += [x for i in a.window for x in (peers[i], Action("compute", i))]
-        elif pos not in lazy:
+    for a in actions:
+        if a.window:
+            out += [x for i, src in zip(a.window, a.sources) for x in (Action("recv", i, src), Action("compute", i))]
+        else:
             out.append(a)
     return out
 
@@ -96,13 +93,14 @@ def rank_costs(topo: Topology, stage_costs: dict[str, float]) -> dict[int, float
 
 def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: float = 0.0,
            max_inflight: int | None = 2) -> float:
-    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds per
-    item of its window.
+    """Makespan of per-rank programs where each compute on rank r costs rank_cost[r] seconds (a
+    split member's window: per item, as each enters).
 
     As in pipeline.execute and transport.Link: a rank posts a receive when it reaches it; a message
     arrives `comm_s` after both its send and its receive are posted; a send returns at once unless more
     than `max_inflight` of the rank's sends are undelivered (None: never waits).
     """
+    prog = {r: _items_as_they_enter(acts) for r, acts in prog.items()}
     clock = {r: 0.0 for r in prog}
     pc = {r: 0 for r in prog}
     posted: dict[tuple[int, int, int], float] = {}  # (src, dst, item) -> receive posted at
@@ -133,7 +131,7 @@ def replay(prog: dict[int, list[Action]], rank_cost: dict[int, float], comm_s: f
                         break
                     clock[r] = max(clock[r], avail[key]) + comm_s
                 elif a.kind == "compute":
-                    clock[r] += rank_cost[r] * len(a.items)
+                    clock[r] += rank_cost[r]
                 elif a.kind in ("send", "fork"):
                     key = (r, a.peer, a.item)
                     avail[key] = clock[r]

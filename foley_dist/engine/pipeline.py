@@ -15,7 +15,7 @@ import torch
 from foley_dist.engine import protocol, transport
 from foley_dist.engine.message import Message
 from foley_dist.engine.metrics import Recorder
-from foley_dist.engine.schedule import Action, Topology, entering
+from foley_dist.engine.schedule import Action, Topology
 from foley_dist.errors import FoleyError
 
 
@@ -27,19 +27,16 @@ def execute(actions: list[Action], stages: list[torch.nn.Module], items: list[Me
             rec: Recorder, sink: Collector | None) -> None:
     """Walk this rank's schedule. Messages wait in `held` between receive, compute and send; the link
     posts each op in the order of the job's protocol (a send may wait in memory for its turn). A split
-    pipeline's member (its diffusion stage is `windowed`) hands its window's receives to the stage,
-    which takes each item's message when the item enters the window (models/split.py)."""
+    pipeline's member (its diffusion stage is `windowed`) hands a window's receives to the stage, which
+    takes each item's message when the item enters the window (models/split.py)."""
     held: dict[int, Message] = {}
     windowed = next((s for s in stages if getattr(s, "windowed", False)), None)  # a split pipeline's member
-    lazy, deferred = entering(actions), {}  # its window's receives: taken as each item enters the window
-    for pos, a in enumerate(actions):
-        if pos in lazy:
-            deferred[a.item] = a.peer
-        elif a.kind == "recv":
+    for a in actions:
+        if a.kind == "recv":
             with rec.span("recv", "comm", a.item):
                 held[a.item] = link.recv_message(a.item, a.peer)
-        elif a.kind == "compute" and windowed is not None:
-            take = [functools.partial(link.recv_message, i, deferred.pop(i)) for i in a.items]
+        elif a.kind == "compute" and a.window:
+            take = [functools.partial(link.recv_message, i, src) for i, src in zip(a.window, a.sources)]
             with rec.span(windowed.name, "compute", a.item):
                 held.update(zip(a.items, windowed.forward_window([items[i] for i in a.items], take)))
         elif a.kind == "compute":

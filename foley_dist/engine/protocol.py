@@ -26,7 +26,7 @@ import itertools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from foley_dist.engine.schedule import Topology, build_schedule, entering
+from foley_dist.engine.schedule import Action, Topology, build_schedule
 from foley_dist.errors import FoleyError
 
 STAGE, UP, DOWN = "stage", "step_up", "step_down"  # process groups: stage messages; per-step messages by direction
@@ -101,18 +101,15 @@ def code_events(topo: Topology, items: Sequence[ItemPlan], costs: dict[str, floa
     out: dict[int, list[Event]] = {}
     for rank, actions in schedule.items():
         ev: list[Event] = []
-        lazy, deferred = entering(actions), {}  # a split member's window receives: taken as each item enters
-        for pos, a in enumerate(actions):
-            if pos in lazy:
-                deferred[a.item] = a.peer
-            elif a.kind == "recv":
+        for a in actions:
+            if a.kind == "recv":
                 ev.append(Event("recv", ("msg", a.item), a.peer))
             elif a.kind in ("send", "fork"):
                 ev.append(Event("send", ("msg", a.item), a.peer))
             elif a.kind == "compute":
                 for stage in topo.stages_of(rank):
                     if stage == "diffusion" and topo.split_role(rank) is not None:
-                        ev += _window_events(topo, items, a.items, rank, costs.get(stage, 1.0), deferred)
+                        ev += _window_events(topo, items, a, rank, costs.get(stage, 1.0))
                     elif stage == "diffusion":
                         ev += _diffusion_events(topo, items, a.item, rank, costs.get(stage, 1.0), group)
                     else:
@@ -165,23 +162,23 @@ def split_peers(topo: Topology, rank: int) -> tuple[int, int]:
     return first + (position - 1) % count, first + (position + 1) % count
 
 
-def _window_events(topo: Topology, items: Sequence[ItemPlan], window: Sequence[int], rank: int, cost: float,
-                   sources: dict[int, int]) -> list[Event]:
+def _window_events(topo: Topology, items: Sequence[ItemPlan], compute: Action, rank: int, cost: float) -> list[Event]:
     """A split pipeline member's events for a window (models/split.py runs exactly this order).
-    An item's stage message (from `sources[item]`) is received as the item enters, before its first
+    An item's stage message (from its source) is received as the item enters, before its first
     step. Per item and step: member j receives ("split", item, step) from j-1 and sends it to j+1;
     the last sends the step's latents back to the first, which receives them before the item's next
     step and makes the joint overlap exchange with the neighbouring items' owners."""
     position, count = topo.split_role(rank)
     prev, nxt = split_peers(topo, rank)
     owner = topo.groups[-1].owner
+    window = compute.window
     plans = [items[n] for n in window]
     range_cost = 0.95 * cost / count
     ev: list[Event] = []
     for k, step in window_order([p.steps for p in plans], position == 0):
         n, plan = window[k], plans[k]
         if step == 0:
-            ev.append(Event("recv", ("msg", n), sources.pop(n)))
+            ev.append(Event("recv", ("msg", n), compute.sources[k]))
         if position:
             ev += [Event("recv", ("split", n, step), prev, step_group(prev, rank)), Event("work", cost=range_cost / plan.steps),
                    Event("send", ("split", n, step), nxt, step_group(rank, nxt))]

@@ -192,6 +192,7 @@ class Action:
     item: int
     peer: int | None = None
     window: tuple[int, ...] = ()  # compute: these items together (a split pipeline's window), `item` first
+    sources: tuple[int, ...] = ()  # window: the rank each item's message comes from, taken as the item enters
 
     @property
     def items(self) -> tuple[int, ...]:
@@ -199,7 +200,9 @@ class Action:
 
     def __str__(self) -> str:
         sym = {"recv": "<", "send": ">", "compute": "C", "collect": "+", "fork": "^", "drop": "x"}[self.kind]
-        return f"{sym}{','.join(map(str, self.items))}" + (f"@{self.peer}" if self.peer is not None else "")
+        if self.window:  # C0@1,2@1: compute items 0 and 2 together, each received from rank 1 as it enters
+            return sym + ",".join(f"{i}@{src}" for i, src in zip(self.window, self.sources))
+        return f"{sym}{self.item}" + (f"@{self.peer}" if self.peer is not None else "")
 
 
 def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
@@ -249,9 +252,10 @@ def build_schedule(topo: Topology, num_items: int) -> dict[int, list[Action]]:
 def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int, num_items: int,
                   pending: list[Action]) -> list[Action]:
     """Item n's actions in a split group (the last group; Topology keeps it off the first): upstream
-    forks the item to every member besides the owner; at the end of n's window every member receives
-    the window's items, computes them together, and the owner sends each result to the sink (never a
-    split owner) while the others drop theirs. The sink, the last member of the last pipeline, then
+    forks the item to every member besides the owner; at the end of n's window every member computes
+    the window's items together, receiving each as it enters the window (models/split.py: a window
+    starts with its first segment, not its last), and the owner sends each result to the sink (never
+    a split owner) while the others drop theirs. The sink, the last member of the last pipeline, then
     collects every item up to the end of its window (so an owner never holds a window of results
     for long). Returns what stays pending for the sink."""
     group, up = topo.groups[g], topo.groups[g - 1].owner(n)
@@ -262,9 +266,9 @@ def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int,
     window = group.window(n, num_items)
     if n != window[-1]:
         return pending
+    sources = tuple(topo.groups[g - 1].owner(i) for i in window)
     for m in members:
-        prog[m] += [Action("recv", i, topo.groups[g - 1].owner(i)) for i in window]
-        prog[m].append(Action("compute", window[0], window=window))
+        prog[m].append(Action("compute", window[0], window=window, sources=sources))
         prog[m] += [Action("send", i, topo.sink) if m == members[0] else Action("drop", i) for i in window]
     if topo.sink in members:  # its window's results come in as the owner decodes them: take them at once
         prog[topo.sink] += pending
@@ -272,22 +276,10 @@ def _split_window(prog: dict[int, list[Action]], topo: Topology, g: int, n: int,
     return pending
 
 
-def entering(actions: list[Action]) -> set[int]:
-    """Positions of the receives a split member takes as their items enter its windows: those right
-    before a window's compute, of that window's items (models/split.py takes each item's message
-    at its first step, so a window starts with its first segment, not its last)."""
-    out = set()
-    for j, a in enumerate(actions):
-        i = j - 1
-        while a.window and i >= 0 and actions[i].kind == "recv" and actions[i].item in a.window:
-            out.add(i)
-            i -= 1
-    return out
-
-
 def format_grid(prog: dict[int, list[Action]]) -> str:
     """Rank-by-step grid: `<3@0` receive item 3 from rank 0, `C3` compute, `>3@2` send, `+3` collect,
-    `^3@1` fork to a CFG partner, `x3` drop."""
+    `^3@1` fork to a CFG partner, `x3` drop; `C0@1,2@1` a split member's window (items 0 and 2, each
+    received from rank 1 as it enters)."""
     width = max((len(str(a)) for acts in prog.values() for a in acts), default=2) + 1
     lines = []
     for rank, acts in sorted(prog.items()):

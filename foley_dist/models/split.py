@@ -163,7 +163,7 @@ class DiTWork:
     autocast: Callable[[], Any]  # the stage's autocast context
     exchange: Callable[[int, Tensor], Tensor]
     finish: Callable[[Tensor], Any]
-    dtypes: list[torch.dtype | None] = field(default_factory=list)  # shared by a run's items: read once
+    dtypes: list[torch.dtype] = field(default_factory=list)  # shared by a run's items: read once
     ctx: BlockContext = field(init=False)
 
     def __post_init__(self) -> None:

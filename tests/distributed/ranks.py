@@ -17,6 +17,19 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def exit_on_call(cls: type, name: str, call: int, code: int = 9) -> None:
+    """Make this process exit with `code` on the `call`-th call of cls.name (a rank dying mid-run)."""
+    calls, method = [0], getattr(cls, name)
+
+    def dying(self, *args):
+        calls[0] += 1
+        if calls[0] == call:
+            os._exit(code)
+        return method(self, *args)
+
+    setattr(cls, name, dying)
+
+
 def _entry(rank: int, world: int, port: int, fn, args, results) -> None:
     os.environ.update(RANK=str(rank), WORLD_SIZE=str(world), LOCAL_RANK=str(rank),
                       MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))

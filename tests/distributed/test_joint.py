@@ -5,7 +5,6 @@ layout tests of test_pipeline.py and the two-node test of test_farm.py run it to
 from __future__ import annotations
 
 import json
-import os
 import signal
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from foley_dist import synthetic
 from foley_dist.engine import protocol, transport
 from foley_dist.media.testclip import make_clip
 from tests.conftest import run_cli
-from tests.distributed.ranks import run_ranks
+from tests.distributed.ranks import exit_on_call, run_ranks
 
 COSTS = {"vision": 0.002, "fusion": 0.001, "diffusion": 0.004}
 JOINT = ["seam=joint", "model.steps=3", "progress=false", "vision.cache=off", "seam_metric=false"]
@@ -78,16 +77,7 @@ def test_per_step_send_buffers_stay_bounded_over_a_long_chain():
 
 def _dies_mid_sampling(rank: int, world: int, *args):
     if rank == 1:  # owner of item 0: exits after a few steps, its neighbour (rank 2, item 1) must notice
-        calls = {"n": 0}
-        step = synthetic.SyntheticSampler._branch
-
-        def dying(self, *a):
-            calls["n"] += 1
-            if calls["n"] == 6:
-                os._exit(9)
-            return step(self, *a)
-
-        synthetic.SyntheticSampler._branch = dying
+        exit_on_call(synthetic.SyntheticSampler, "_branch", 6)
     return synthetic.run_rank(*args)
 
 

@@ -4,7 +4,6 @@ within the timeout. (test_joint.py runs split layouts of the joint seam against 
 
 from __future__ import annotations
 
-import os
 import time
 
 import numpy as np
@@ -14,7 +13,7 @@ from foley_dist import synthetic
 from foley_dist.models.hunyuan_cost import block_ranges
 from foley_dist.models.hunyuan_config import HunyuanDiTConfig
 from tests.conftest import run_cli
-from tests.distributed.ranks import run_ranks
+from tests.distributed.ranks import exit_on_call, run_ranks
 
 COSTS = {"vision": 0.002, "fusion": 0.001, "diffusion": 0.004}
 PLAIN = ["seam=crossfade", "model.guidance_scale=1", "model.steps=3", "progress=false", "vision.cache=off",
@@ -36,16 +35,7 @@ def test_crossfade_without_guidance_on_a_three_way_split_is_bit_identical(clip12
 
 def _dies_mid_window(rank: int, world: int, *args):
     if rank == 2:  # the second member of the split pipeline: exits after a few steps; the others must notice
-        calls = {"n": 0}
-        middle = synthetic.SyntheticSplitWork.tail
-
-        def dying(self, *a):
-            calls["n"] += 1
-            if calls["n"] == 5:
-                os._exit(9)
-            return middle(self, *a)
-
-        synthetic.SyntheticSplitWork.tail = dying
+        exit_on_call(synthetic.SyntheticSplitWork, "tail", 5)
     return synthetic.run_rank(*args)
 
 

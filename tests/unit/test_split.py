@@ -61,9 +61,9 @@ def test_window_schedule_as_a_grid():
     topo = Topology.parse(["vision+fusion", "diffusion/2"], 3, num_items=3)
     grid = format_grid(build_schedule(topo, 3))
     assert grid.splitlines() == [
-        "rank 0: C0     ^0@2   >0@1   C1     ^1@2   >1@1   C2     ^2@2   >2@1   ",
-        "rank 1: <0@0   <1@0   <2@0   C0,1,2 >0@2   >1@2   >2@2   ",
-        "rank 2: <0@0   <1@0   <2@0   C0,1,2 x0     x1     x2     <0@1   +0     <1@1   +1     <2@1   +2     ",
+        "rank 0: C0           ^0@2         >0@1         C1           ^1@2         >1@1         C2           ^2@2         >2@1         ",
+        "rank 1: C0@0,1@0,2@0 >0@2         >1@2         >2@2         ",
+        "rank 2: C0@0,1@0,2@0 x0           x1           x2           <0@1         +0           <1@1         +1           <2@1         +2           ",
     ]
 
 
